@@ -1,0 +1,40 @@
+"""What a dataset adapter hands to the ingest stage: clips with labels and actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled recording, as a dataset adapter lists it.
+
+    ``video_uri`` and ``audio_uri`` are local paths or ``s3://`` URIs. For a full
+    audio-visual container both name the same file; for RAVDESS video-only clips paired
+    with their audio-only twin they differ; one of them is ``None`` for a single-modality
+    clip.
+    """
+
+    clip_id: str
+    dataset: str
+    actor: str
+    label: str  # one of orchestrate.emotions.EMOTIONS
+    video_uri: str | None
+    audio_uri: str | None
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file an adapter could not turn into a clip, with a one-line reason."""
+
+    uri: str
+    reason: str
+
+
+@dataclass
+class ClipListing:
+    """An adapter's answer: the clips it understood and the files it rejected."""
+
+    dataset: str
+    clips: list[Clip] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
