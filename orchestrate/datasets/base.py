@@ -38,3 +38,20 @@ class ClipListing:
     dataset: str
     clips: list[Clip] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
+
+
+# Containers an adapter treats as media: a file with one of these extensions whose name
+# does not parse is reported as rejected; files with any other extension (README, CSV,
+# images) are not clips and are left out of the listing.
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".flv", ".mkv")
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".mp3", ".m4a")
+MEDIA_EXTENSIONS: tuple[str, ...] = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+
+
+def split_file_name(uri: str) -> tuple[str, str, str]:
+    """``(name, stem, extension)`` of the last part of a path or URI; extension lowercased."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        return name, name, ""
+    return name, stem, "." + extension.lower()

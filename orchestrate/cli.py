@@ -1,0 +1,207 @@
+"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train.
+
+Every command that reads a run config takes ``--config FILE`` and any number of
+``key=value`` overrides (``sweep.num_samples=16 store.uri=s3://bucket/features``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from orchestrate.config import ConfigError, RunConfig, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except ConfigError as error:
+        print(f"orchestrate: config error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        print(f"orchestrate: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrate",
+        description="Distributed experiment orchestration for audio-visual emotion recognition on Ray.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="generate a RAVDESS-named audio-visual corpus")
+    synth.add_argument("--out", required=True, type=Path, help="directory to write the clips to")
+    synth.add_argument("--actors", type=int, default=8)
+    synth.add_argument("--clips-per-emotion", type=int, default=2)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(command=cmd_synth)
+
+    for name, helptext, command in (
+        ("ingest", "extract every requested feature of a dataset into the feature store", cmd_ingest),
+        ("sweep", "sweep every task variant from the store; ablation tables into MLflow", cmd_sweep),
+        ("run", "ingest, sweep and report from one config", cmd_run),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        _add_config_arguments(sub)
+        sub.set_defaults(command=command)
+
+    demo = commands.add_parser("demo", help="run everything on a generated corpus with embedded defaults")
+    _add_config_arguments(demo, config_file=False)
+    demo.add_argument("--actors", type=int, default=8, help="actors in the generated corpus")
+    demo.add_argument("--clips-per-emotion", type=int, default=2)
+    demo.set_defaults(command=cmd_demo)
+
+    train = commands.add_parser("train", help="train and evaluate one task configuration from the store")
+    train.add_argument("task", help="task name (emodal, song, mitseas, wang)")
+    train.add_argument("--variant", required=True)
+    train.add_argument("--fold", default="all", help="a fold number (0-based) or 'all'")
+    _add_config_arguments(train)
+    train.set_defaults(command=cmd_train)
+    return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
+    if config_file:
+        parser.add_argument("--config", type=Path, help="run config YAML (default: embedded defaults)")
+    parser.add_argument("--workspace", help="workspace directory (default ./orchestrate-workspace)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _config(args: argparse.Namespace, base: Path | None = None) -> RunConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("workspace", "workspace"), ("address", "ray.address"), ("tracking_uri", "tracking.uri")):
+        if getattr(args, flag, None):
+            overrides.insert(0, f"{key}={getattr(args, flag)}")
+    return load_config(getattr(args, "config", None) or base, overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from orchestrate.corpus import synthesize_corpus
+
+    paths = synthesize_corpus(args.out, args.actors, args.clips_per_emotion, args.seed)
+    print(f"wrote {len(paths)} clips to {args.out}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    config = _config(args)
+    return _ingest(config, progress=not args.quiet)
+
+
+def _ingest(config: RunConfig, progress: bool) -> int:
+    from orchestrate.pipeline import ingest
+
+    summary = ingest(config, progress=progress)
+    print("\n".join(summary.lines()))
+    if summary.failure_ratio > config.ingest.max_failure_ratio:
+        print(
+            f"orchestrate: {summary.failure_ratio:.0%} of clips failed, above "
+            f"ingest.max_failure_ratio={config.ingest.max_failure_ratio:.0%}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrate.pipeline import print_tables, sweep
+
+    config = _config(args)
+    print_tables(sweep(config, progress=not args.quiet))
+    print(_mlflow_ui_hint(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrate.pipeline import print_tables, sweep
+
+    config = _config(args)
+    status = _ingest(config, progress=not args.quiet)
+    if status:
+        return status
+    print_tables(sweep(config, progress=not args.quiet))
+    print(_mlflow_ui_hint(config))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrate.corpus import synthesize_corpus
+    from orchestrate.pipeline import print_tables, sweep
+
+    with resources.as_file(resources.files("orchestrate.configs").joinpath("demo.yaml")) as demo_file:
+        config = _config(args, base=demo_file)
+    corpus = config.workspace_path / "corpus"
+    if config.dataset.root is None:
+        config.dataset.root = str(corpus)
+    stamp = corpus / ".synth.json"
+    wanted = {"actors": args.actors, "clips_per_emotion": args.clips_per_emotion, "seed": config.seed}
+    if not stamp.is_file() or json.loads(stamp.read_text()) != wanted:
+        print(f"[1/3] generating the demo corpus in {corpus}", flush=True)
+        synthesize_corpus(corpus, args.actors, args.clips_per_emotion, config.seed, progress=not args.quiet)
+        stamp.write_text(json.dumps(wanted))
+    else:
+        print(f"[1/3] demo corpus already in {corpus}", flush=True)
+    print("[2/3] ingest: features into the store", flush=True)
+    status = _ingest(config, progress=not args.quiet)
+    if status:
+        return status
+    print("[3/3] sweep: every paper's variants, ablation tables into MLflow", flush=True)
+    print_tables(sweep(config, progress=not args.quiet))
+    print(_mlflow_ui_hint(config))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrate.features import feature_source
+    from orchestrate.protocols import make_folds
+    from orchestrate.stages.sweep import cross_validate, protocol_for, task_config
+    from tasks import TASKS
+
+    config = _config(args)
+    if args.task not in TASKS:
+        raise ValueError(f"unknown task {args.task!r} (allowed: {', '.join(TASKS)})")
+    task = TASKS[args.task]
+    runs = [run for run in config.task_runs() if run.name == args.task]
+    overrides = runs[0].config if runs else {}
+    task_settings = task_config(config, task, overrides)
+    features, left_out = feature_source(config, task, args.variant).load()
+    protocol = protocol_for(config, task)
+    folds = make_folds(protocol, features.actors, features.labels, config.sweep.folds, config.seed)
+    if args.fold != "all":
+        index = int(args.fold)
+        if not 0 <= index < len(folds):
+            raise ValueError(f"--fold {index}: {protocol} gives folds 0..{len(folds) - 1}")
+        folds = [folds[index]]
+    print(f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(folds)} fold(s)"
+          + (f", {len(left_out)} clips left out" if left_out else ""))
+    for result in cross_validate(task, task_settings, args.variant, features, folds, config.seed):
+        summary = result.summary()
+        print(
+            f"epoch {result.epoch:3d}  loss {summary['train_loss']:.4f}  "
+            + "  ".join(f"{m} {summary[m]:.3f}±{summary[m + '_std']:.3f}" for m in ("accuracy", "uar", "macro_f1"))
+        )
+    return 0
+
+
+def _mlflow_ui_hint(config: RunConfig) -> str:
+    if config.tracking_uri.startswith("sqlite:"):
+        return (
+            "\nOpen the MLflow UI on this workspace with:\n"
+            f"  mlflow ui --backend-store-uri {config.tracking_uri} "
+            f"--default-artifact-root {config.artifact_location} --port 5000\n"
+            "then browse http://127.0.0.1:5000"
+        )
+    return f"\nMLflow runs are at {config.tracking_uri} (experiment {config.tracking.experiment})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""One YAML file describes a run; ``key=value`` overrides on the command line; validated on load.
+
+Every field has an embedded default, so an empty file (or none) is a valid run: local Ray,
+a feature store in ``<workspace>/features``, MLflow on ``<workspace>/mlflow.db`` with
+artifacts in ``<workspace>/mlartifacts``. A bad key or value raises ``ConfigError`` with
+one line naming the field and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrate.protocols import PROTOCOLS
+
+
+class ConfigError(ValueError):
+    """A config key or value is not allowed; the message is one line naming the field."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "ravdess"
+    root: str | None = None  # a local directory or s3://bucket/prefix (or the SFEW table file)
+
+
+@dataclass
+class StoreConfig:
+    uri: str | None = None  # default: <workspace>/features; or s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto, ...)
+    region: str | None = None
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: sqlite:///<workspace>/mlflow.db
+    experiment: str = "orchestrate"
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # default: RAY_ADDRESS, else a local ray.init()
+    num_cpus: int | None = None  # only for a local ray.init()
+
+
+@dataclass
+class IngestConfig:
+    # extractor name -> its parameters; empty: every extractor the run's tasks read.
+    extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_failure_ratio: float = 0.5  # ingest exits non-zero above this ratio of failed clips
+    face_detect_width: int = 320  # Haar cascade runs on a grayscale copy this wide
+    embed_workers: int = 1  # actors in the VGG16 / FER CNN pool
+    embed_batch_size: int = 16  # clips per map_batches batch
+
+
+@dataclass
+class TaskRun:
+    name: str = ""
+    variants: list[str] | None = None  # default: every variant the task has
+    config: dict[str, Any] = field(default_factory=dict)  # overrides of the task's DEFAULTS
+
+
+@dataclass
+class SweepConfig:
+    protocol: str = "actor-kfold"  # or "paper": each task's own protocol
+    folds: int = 5
+    num_samples: int = 8  # Optuna trials per (task, variant)
+    max_concurrent: int = 2
+    max_epochs: int | None = None  # caps each task's epochs (quick runs)
+    cpus_per_trial: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0])  # the best config is re-run per seed
+
+
+@dataclass
+class RunConfig:
+    workspace: str = "./orchestrate-workspace"
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    tasks: list[TaskRun] = field(default_factory=list)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    # Derived locations: everything the embedded defaults write stays inside the workspace.
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).expanduser().resolve()
+
+    @property
+    def store_uri(self) -> str:
+        return self.store.uri or str(self.workspace_path / "features")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.workspace_path / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.workspace_path / "mlartifacts").as_uri()
+
+    def task_runs(self) -> list[TaskRun]:
+        """The tasks to sweep: those listed, or every registered task with all its variants."""
+        from tasks import TASKS
+
+        runs = self.tasks or [TaskRun(name=name) for name in TASKS]
+        return [
+            TaskRun(run.name, run.variants or list(TASKS[run.name].VARIANTS), dict(run.config))
+            for run in runs
+        ]
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """How to reach the feature store (never credentials: those come from the AWS chain)."""
+        options = {"endpoint_url": self.store.endpoint_url, "region": self.store.region}
+        return {key: value for key, value in options.items() if value}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config from YAML (or the embedded defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = loaded or {}
+    for override in overrides or []:
+        apply_override(raw, override)
+    config = _build(RunConfig, raw, "")
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` override (value parsed as YAML) to a raw config dict."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. sweep.num_samples=4)")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: i + 1]))
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict | list):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
+        node = child
+    if isinstance(node, list):
+        raise ConfigError(f"{key}: name a field of a list item, e.g. tasks.0.variants")
+    node[parts[-1]] = value
+
+
+def _list_item(items: list, index: str, field_name: str) -> Any:
+    if not index.isdigit() or int(index) >= len(items):
+        raise ConfigError(f"{field_name}: no list item {index} (the list has {len(items)})")
+    return items[int(index)]
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Turn a raw mapping into dataclass ``cls``, naming the first bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        allowed = ", ".join(fields)
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (allowed: {allowed})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in raw}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _convert(inner, value, name)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{name}.")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # `variants=audio` on the command line means one item
+        (item,) = args
+        return [_convert(item, element, f"{name}.{i}") for i, element in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping, got {value!r}")
+        key_type, value_type = args
+        return {str(k): _convert(value_type, v, f"{name}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{name}: must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def validate(config: RunConfig) -> None:
+    """Check values against what the registries allow; raise ConfigError on the first problem."""
+    # Imported here: the registries import torch and friends, which config parsing doesn't need.
+    from orchestrate.datasets import DATASETS
+    from orchestrate.extractors import EXTRACTORS
+    from tasks import TASKS
+
+    if config.dataset.name not in DATASETS:
+        raise ConfigError(f"dataset.name: {config.dataset.name!r} is not one of {', '.join(DATASETS)}")
+    for name in config.ingest.extractors:
+        if name not in EXTRACTORS:
+            raise ConfigError(
+                f"ingest.extractors.{name}: unknown extractor (allowed: {', '.join(EXTRACTORS)})"
+            )
+    if not 0.0 <= config.ingest.max_failure_ratio <= 1.0:
+        raise ConfigError("ingest.max_failure_ratio: must be between 0 and 1")
+    for name in ("face_detect_width", "embed_workers", "embed_batch_size"):
+        if getattr(config.ingest, name) < 1:
+            raise ConfigError(f"ingest.{name}: must be at least 1")
+    for i, run in enumerate(config.tasks):
+        if run.name not in TASKS:
+            raise ConfigError(f"tasks.{i}.name: {run.name!r} is not one of {', '.join(TASKS)}")
+        task = TASKS[run.name]
+        for variant in run.variants or []:
+            if variant not in task.VARIANTS:
+                allowed = ", ".join(task.VARIANTS)
+                raise ConfigError(f"tasks.{i}.variants: {variant!r} is not one of {allowed}")
+        for key in run.config:
+            if key not in task.DEFAULTS:
+                allowed = ", ".join(task.DEFAULTS)
+                raise ConfigError(f"tasks.{i}.config.{key}: unknown knob (allowed: {allowed})")
+    allowed_protocols = ("paper", *PROTOCOLS)
+    if config.sweep.protocol not in allowed_protocols:
+        raise ConfigError(
+            f"sweep.protocol: {config.sweep.protocol!r} is not one of {', '.join(allowed_protocols)}"
+        )
+    for name in ("folds", "num_samples", "max_concurrent"):
+        if getattr(config.sweep, name) < 1:
+            raise ConfigError(f"sweep.{name}: must be at least 1")
+    if config.sweep.folds < 2:
+        raise ConfigError("sweep.folds: must be at least 2")
+    if config.sweep.max_epochs is not None and config.sweep.max_epochs < 1:
+        raise ConfigError("sweep.max_epochs: must be at least 1")
+    if not config.sweep.seeds:
+        raise ConfigError("sweep.seeds: give at least one seed")
+    if config.sweep.cpus_per_trial <= 0:
+        raise ConfigError("sweep.cpus_per_trial: must be positive")
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (logged with every sweep)."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

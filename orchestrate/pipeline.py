@@ -1,0 +1,64 @@
+"""The stages joined: ``run`` = ingest → sweep → report, from one config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import ray
+
+from orchestrate.config import RunConfig, dump_config
+from orchestrate.stages.ingest import IngestSummary, run_ingest
+from orchestrate.stages.report import ensure_experiment, log_task_report, table_markdown
+from orchestrate.stages.sweep import sweep_variant
+from tasks import TASKS
+
+
+def start_ray(config: RunConfig) -> None:
+    """Join the cluster at ray.address / RAY_ADDRESS, else start Ray on this machine."""
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
+    config.workspace_path.mkdir(parents=True, exist_ok=True)
+    start_ray(config)
+    return run_ingest(config, progress=progress)
+
+
+def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Sweep every task variant of the run; one MLflow parent run and ablation table per task."""
+    config.workspace_path.mkdir(parents=True, exist_ok=True)
+    start_ray(config)
+    experiment_id = ensure_experiment(config)
+    tables: dict[str, pd.DataFrame] = {}
+    for run in config.task_runs():
+        task = TASKS[run.name]
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{run.name} sweep") as parent:
+            mlflow.set_tags({"task": run.name, "dataset": config.dataset.name, "seed": config.seed})
+            mlflow.log_params({"dataset": config.dataset.name, "protocol": config.sweep.protocol,
+                               "num_samples": config.sweep.num_samples, "seed": config.seed})
+            mlflow.log_text(dump_config(config), "config.yaml")
+            extractor_params = config.ingest.extractors
+            if extractor_params:
+                mlflow.log_dict(extractor_params, "extractors.json")
+            results = [
+                sweep_variant(config, run.name, variant, run.config, parent.info.run_id, progress)
+                for variant in run.variants or task.VARIANTS
+            ]
+            out_dir = Path(config.workspace_path, "reports")
+            tables[run.name] = log_task_report(task, results, parent.info.run_id, out_dir)
+    return tables
+
+
+def print_tables(tables: dict[str, pd.DataFrame]) -> None:
+    for name, table in tables.items():
+        print(f"\n## {name}\n")
+        print(table_markdown(table))

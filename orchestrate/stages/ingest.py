@@ -1,0 +1,397 @@
+"""Stage 1, ingest: clips → Ray Data → per-clip decode + extractors → Parquet feature store.
+
+The pipeline, for one dataset:
+
+1. the dataset adapter lists clips (local path or ``s3://``), with labels and actors;
+2. Ray Data hashes every clip's bytes (``map``): the content hash is the cache key's first part;
+3. for every requested extractor, the clips whose (content hash, extractor, version,
+   parameter hash) has no row in the store are the work; nothing else is decoded;
+4. one function per clip (``map``) decodes the clip once (frames → largest-face crops, audio
+   track), runs the clip's missing extractors and serialises their outputs: raw frames
+   never leave that function;
+5. extractors with a network (VGG16, FER CNN) finish in ``map_batches`` on an actor pool,
+   on a GPU when the cluster has one;
+6. each extractor's rows are written as Parquet to its own directory of the store.
+
+A clip that fails (corrupt container, no audio stream, no face...) becomes a ``failed`` row
+with a one-line reason; the rest goes on, and the summary counts failures by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray
+
+from orchestrate.config import RunConfig
+from orchestrate.datasets import list_clips
+from orchestrate.datasets.base import Clip
+from orchestrate.datasets.filesystem import content_hash
+from orchestrate.extractors import EXTRACTORS, build_extractor
+from orchestrate.extractors.base import ExtractionError, Extractor, param_hash
+from orchestrate.store import (
+    CLIP_COLUMNS,
+    SHAPE_SUFFIX,
+    ExtractorKey,
+    FeatureStore,
+    encode_arrays,
+)
+from tasks import TASKS
+
+SFEW_TABLE_KEY = ExtractorKey("wang_texture", "sfew-table-1", "published-pca")
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did: counts by outcome, failures with reasons, and throughput."""
+
+    dataset: str
+    clips: int
+    computed: int  # clips decoded this run (the rest were cache hits)
+    ok: int
+    failed: int
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    failed_clips: list[tuple[str, str]] = field(default_factory=list)
+    rejected_files: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failed / self.clips if self.clips else 0.0
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"ingest {self.dataset}: {self.clips} clips, {self.computed} computed, "
+            f"{self.clips - self.computed} from cache, {self.seconds:.1f} s "
+            f"({self.clips_per_second:.2f} clips/s computed)",
+            f"  ok: {self.ok}   failed: {self.failed}",
+        ]
+        for reason, count in sorted(self.failures_by_reason.items(), key=lambda kv: -kv[1]):
+            out.append(f"    {count:4d} × {reason}")
+        for clip_id, reason in self.failed_clips[:20]:
+            out.append(f"    {clip_id}: {reason}")
+        if len(self.failed_clips) > 20:
+            out.append(f"    ... and {len(self.failed_clips) - 20} more")
+        if self.rejected_files:
+            out.append(f"  files not understood as clips: {len(self.rejected_files)}")
+            for uri, reason in self.rejected_files[:20]:
+                out.append(f"    {reason}")
+        return out
+
+
+def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """The extractors to run: those the config names, else every one the run's tasks read."""
+    if config.ingest.extractors:
+        return dict(config.ingest.extractors)
+    names: list[str] = []
+    for run in config.task_runs():
+        task = TASKS[run.name]
+        for variant in run.variants or task.VARIANTS:
+            for column in task.VARIANTS[variant]:
+                extractor = column.split(".", 1)[0]
+                if extractor in EXTRACTORS and extractor not in names:
+                    names.append(extractor)
+    return {name: {} for name in names}
+
+
+def extractor_key(extractor: Extractor) -> ExtractorKey:
+    return ExtractorKey(extractor.name, extractor.version, param_hash(extractor.params))
+
+
+def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
+    """Fill the feature store for the config's dataset; returns the summary."""
+    if config.dataset.root is None:
+        raise ValueError("dataset.root: give the dataset's directory, s3:// prefix or table file")
+    store = FeatureStore(config.store_uri, config.storage_options)
+    if config.dataset.name == "sfew-table":
+        return _ingest_sfew_table(config, store)
+
+    started = time.perf_counter()
+    listing = list_clips(config.dataset.name, config.dataset.root, config.storage_options)
+    extractors = [build_extractor(name, params) for name, params in requested_extractors(config).items()]
+    rejected = [(r.uri, r.reason) for r in listing.rejected]
+    if not listing.clips:
+        return IngestSummary(config.dataset.name, 0, 0, 0, 0, rejected_files=rejected)
+
+    clips = _hash_clips(listing.clips, config)
+    store.write_manifest(config.dataset.name, config.dataset.root, clips)
+
+    # The work: for every clip, the extractors whose cache key has no row yet.
+    cached = {extractor.name: store.cached_hashes(extractor_key(extractor)) for extractor in extractors}
+    work = []
+    for row in clips.to_dict("records"):
+        missing = [e.name for e in extractors if row["content_hash"] not in cached[e.name]]
+        if missing:
+            work.append({**row, "missing": missing})
+
+    if work:
+        _extract(work, extractors, config, store)
+    seconds = time.perf_counter() - started
+    summary = _summarise(config.dataset.name, clips, extractors, store, len(work), seconds)
+    summary.rejected_files = rejected
+    return summary
+
+
+def _hash_clips(clips: list[Clip], config: RunConfig) -> pd.DataFrame:
+    """Clip fields plus the content hash of the clip's media, computed on the cluster."""
+    storage_options = config.storage_options
+
+    def hash_clip(row: dict[str, Any]) -> dict[str, Any]:
+        uris = [uri for uri in dict.fromkeys((row["video_uri"], row["audio_uri"])) if uri]
+        digest = hashlib.sha256()
+        for uri in uris:
+            try:
+                digest.update(content_hash(uri, storage_options).encode())
+            except OSError as error:
+                # Unreadable media still gets a row: extraction will report it as failed.
+                digest.update(f"unreadable:{uri}:{error}".encode())
+        return {**row, "content_hash": digest.hexdigest(), "source_uri": " + ".join(uris)}
+
+    items = [asdict(clip) for clip in clips]
+    blocks = max(1, min(len(items), 4 * _cluster_cpus()))
+    hashed = ray.data.from_items(items, override_num_blocks=blocks).map(hash_clip).take_all()
+    return pd.DataFrame(hashed).sort_values("clip_id").reset_index(drop=True)
+
+
+def _cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _extract(
+    work: list[dict[str, Any]],
+    extractors: list[Extractor],
+    config: RunConfig,
+    store: FeatureStore,
+) -> None:
+    face_detect_width = config.ingest.face_detect_width
+    storage_options = config.storage_options
+
+    def extract_clip(row: dict[str, Any]) -> dict[str, Any]:
+        return extract_one_clip(row, extractors, face_detect_width, storage_options)
+
+    # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
+    blocks = max(1, min(len(work), 4 * _cluster_cpus()))
+    dataset = ray.data.from_items(work, override_num_blocks=blocks).map(extract_clip)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    for extractor in extractors:
+        if extractor.make_embedder() is None:
+            continue
+        dataset = dataset.map_batches(
+            EmbedClips,
+            fn_constructor_kwargs={"name": extractor.name, "params": extractor.params},
+            batch_size=config.ingest.embed_batch_size,
+            batch_format="pandas",
+            concurrency=config.ingest.embed_workers,
+            num_gpus=gpus,
+        )
+    # Features only from here on (no frames, no crops): small enough to hold once.
+    dataset = dataset.materialize()
+    for extractor in extractors:
+        key = extractor_key(extractor)
+        rows = dataset.map_batches(
+            to_store_rows,
+            fn_kwargs={"extractor": extractor.name, "key": key, "outputs": tuple(extractor.outputs)},
+            batch_format="pandas",
+        )
+        if rows.count():
+            rows.write_parquet(store.path(key.directory), filesystem=store.filesystem)
+
+
+def extract_one_clip(
+    row: dict[str, Any],
+    extractors: list[Extractor],
+    face_detect_width: int,
+    storage_options: dict[str, str],
+) -> dict[str, Any]:
+    """Decode one clip once and run its missing extractors; failures become reasons.
+
+    Every row gets the same columns (``<extractor>.status/.reason/.payload``) so that
+    Ray Data blocks share one schema; an extractor whose row is cached gets ``cached``.
+    """
+    from orchestrate.faces import HaarFaceDetector
+    from orchestrate.media import decode_clip
+
+    clip = Clip(**{name: row[name] for name in Clip.__dataclass_fields__})
+    missing = [e for e in extractors if e.name in row["missing"]]
+    media: dict[str, Any] = {}
+    decode_error: dict[str, str] = {}
+    for modality in ("video", "audio"):
+        if not any(e.modality == modality for e in missing):
+            continue
+        try:
+            media[modality] = decode_clip(
+                clip,
+                need_video=modality == "video",
+                need_audio=modality == "audio",
+                detector=HaarFaceDetector(detect_width=face_detect_width),
+                storage_options=storage_options,
+            )
+        except ExtractionError as error:
+            decode_error[modality] = str(error)
+
+    out = {name: row[name] for name in CLIP_COLUMNS}
+    for extractor in extractors:
+        status, reason, payload = "cached", "", b""
+        if extractor in missing:
+            status = "ok"
+            try:
+                if extractor.modality in decode_error:
+                    raise ExtractionError(decode_error[extractor.modality])
+                payload = pack_arrays(extractor.extract(media[extractor.modality]))
+            except ExtractionError as error:
+                status, reason = "failed", str(error)
+        out[f"{extractor.name}.status"] = status
+        out[f"{extractor.name}.reason"] = reason
+        out[f"{extractor.name}.payload"] = payload
+    return out
+
+
+class EmbedClips:
+    """``map_batches`` actor: runs one extractor's network over a batch of clips' crops."""
+
+    def __init__(self, name: str, params: dict[str, Any]):
+        self.name = name
+        self.embed = build_extractor(name, params).make_embedder()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        status = batch[f"{self.name}.status"]
+        todo = [i for i, value in enumerate(status) if value == "ok"]
+        if todo:
+            inputs = [unpack_arrays(batch[f"{self.name}.payload"].iloc[i]) for i in todo]
+            payloads = list(batch[f"{self.name}.payload"])
+            for i, features in zip(todo, self.embed(inputs), strict=True):
+                payloads[i] = pack_arrays(features)
+            batch[f"{self.name}.payload"] = payloads
+        return batch
+
+
+def to_store_rows(
+    batch: pd.DataFrame, extractor: str, key: ExtractorKey, outputs: tuple[str, ...]
+) -> pa.Table:
+    """The rows one extractor computed in this batch, in the store's schema."""
+    computed = batch[batch[f"{extractor}.status"] != "cached"]
+    columns: dict[str, list[Any]] = {name: list(computed[name]) for name in CLIP_COLUMNS}
+    columns["extractor"] = [key.name] * len(computed)
+    columns["version"] = [key.version] * len(computed)
+    columns["param_hash"] = [key.param_hash] * len(computed)
+    columns["status"] = list(computed[f"{extractor}.status"])
+    columns["reason"] = list(computed[f"{extractor}.reason"])
+    encoded = [
+        encode_arrays(unpack_arrays(payload) if payload else {}, outputs)
+        for payload in computed[f"{extractor}.payload"]
+    ]
+    for name in outputs:
+        columns[name] = [row[name] for row in encoded]
+        columns[name + SHAPE_SUFFIX] = [row[name + SHAPE_SUFFIX] for row in encoded]
+    schema = pa.schema(
+        [(name, pa.string()) for name in (*CLIP_COLUMNS, "extractor", "version", "param_hash", "status", "reason")]
+        + [
+            field
+            for name in outputs
+            for field in ((name, pa.list_(pa.float32())), (name + SHAPE_SUFFIX, pa.list_(pa.int32())))
+        ]
+    )
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise an extractor's arrays for the trip between pipeline steps."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    return buffer.getvalue()
+
+
+def unpack_arrays(payload: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _summarise(
+    dataset: str,
+    clips: pd.DataFrame,
+    extractors: list[Extractor],
+    store: FeatureStore,
+    computed: int,
+    seconds: float,
+) -> IngestSummary:
+    """Per clip: ok when every extractor has an ok row; else failed with its first reason."""
+    hashes = set(clips["content_hash"])
+    reasons: dict[str, str] = {}
+    for extractor in extractors:
+        rows = store.feature_rows(extractor_key(extractor), hashes)
+        for content, status, reason in zip(rows["content_hash"], rows["status"], rows["reason"], strict=True):
+            if status != "ok":
+                reasons.setdefault(content, f"{extractor.name}: {reason}")
+    failed_clips = [
+        (clip_id, reasons[content])
+        for clip_id, content in zip(clips["clip_id"], clips["content_hash"], strict=True)
+        if content in reasons
+    ]
+    by_reason = Counter(reason.split(": ", 1)[1] if ": " in reason else reason for _, reason in failed_clips)
+    return IngestSummary(
+        dataset=dataset,
+        clips=len(clips),
+        computed=computed,
+        ok=len(clips) - len(failed_clips),
+        failed=len(failed_clips),
+        failures_by_reason=dict(by_reason),
+        failed_clips=failed_clips,
+        seconds=seconds,
+    )
+
+
+def _ingest_sfew_table(config: RunConfig, store: FeatureStore) -> IngestSummary:
+    """The SFEW table already holds Wang's features: store them under their own key."""
+    from orchestrate.datasets.sfew_table import read_sfew_table
+
+    started = time.perf_counter()
+    table = read_sfew_table(config.dataset.root, config.storage_options)
+    root_hash = content_hash(config.dataset.root, config.storage_options)
+    rows = table.rows.copy()
+    rows["dataset"] = "sfew-table"
+    rows["actor"] = rows["group"]
+    rows["source_uri"] = [f"{config.dataset.root}#{clip_id}" for clip_id in rows["clip_id"]]
+    rows["content_hash"] = [
+        hashlib.sha256(f"{root_hash}:{clip_id}".encode()).hexdigest() for clip_id in rows["clip_id"]
+    ]
+    store.write_manifest("sfew-table", config.dataset.root, rows)
+    cached = store.cached_hashes(SFEW_TABLE_KEY)
+    todo = rows[~rows["content_hash"].isin(cached)]
+    if len(todo):
+        records = [
+            {
+                **{name: row[name] for name in CLIP_COLUMNS},
+                "extractor": SFEW_TABLE_KEY.name,
+                "version": SFEW_TABLE_KEY.version,
+                "param_hash": SFEW_TABLE_KEY.param_hash,
+                "status": "ok",
+                "reason": "",
+                **encode_arrays({"lpq": row["lpq"], "phog": row["phog"]}, ("lpq", "phog")),
+            }
+            for row in todo.to_dict("records")
+        ]
+        ray.data.from_items(records, override_num_blocks=1).write_parquet(
+            store.path(SFEW_TABLE_KEY.directory), filesystem=store.filesystem
+        )
+    rejected = [(r.uri, r.reason) for r in table.rejected]
+    return IngestSummary(
+        dataset="sfew-table",
+        clips=len(rows),
+        computed=len(todo),
+        ok=len(rows),
+        failed=0,
+        rejected_files=rejected,
+        seconds=time.perf_counter() - started,
+    )
