@@ -17,7 +17,14 @@ from orchestrate.config import ConfigError, RunConfig, load_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`train song --variant audio seed=3`): argparse has
+    # already matched the empty `overrides` list by then, so pick them up from the rest.
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*getattr(args, "overrides", []), *rest]
     try:
         return args.command(args)
     except ConfigError as error:

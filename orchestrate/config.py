@@ -1,7 +1,7 @@
 """One YAML file describes a run; ``key=value`` overrides on the command line; validated on load.
 
 Every field has an embedded default, so an empty file (or none) is a valid run: local Ray,
-a feature store in ``<workspace>/features``, MLflow on ``<workspace>/mlflow.db`` with
+a feature store in ``<workspace>/store``, MLflow on ``<workspace>/mlflow.db`` with
 artifacts in ``<workspace>/mlartifacts``. A bad key or value raises ``ConfigError`` with
 one line naming the field and what is allowed, before any work starts.
 """
@@ -32,7 +32,7 @@ class DatasetConfig:
 
 @dataclass
 class StoreConfig:
-    uri: str | None = None  # default: <workspace>/features; or s3://bucket/prefix
+    uri: str | None = None  # default: <workspace>/store; or s3://bucket/prefix
     endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto, ...)
     region: str | None = None
 
@@ -96,7 +96,7 @@ class RunConfig:
 
     @property
     def store_uri(self) -> str:
-        return self.store.uri or str(self.workspace_path / "features")
+        return self.store.uri or str(self.workspace_path / "store")
 
     @property
     def tracking_uri(self) -> str:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Reusable fixtures that start real components on 127.0.0.1 (tests/ is on sys.path).
+pytest_plugins = ["s3_server"]
+
 # ../shared/data beside the checkout: real samples, never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -12,7 +12,7 @@ from orchestrate.config import ConfigError, load_config
 
 def test_embedded_defaults_stay_inside_the_workspace(tmp_path: Path) -> None:
     config = load_config(None, [f"workspace={tmp_path / 'ws'}"])
-    assert config.store_uri == str(tmp_path / "ws" / "features")
+    assert config.store_uri == str(tmp_path / "ws" / "store")
     assert config.tracking_uri == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
     assert config.artifact_location == (tmp_path / "ws" / "mlartifacts").as_uri()
     assert [run.name for run in config.task_runs()] == ["emodal", "song", "mitseas", "wang"]

@@ -119,7 +119,7 @@ def draw_identity(rng: np.random.Generator, female: bool) -> FaceIdentity:
         eye_spacing=rng.uniform(0.36, 0.44),
         eye_height=rng.uniform(-0.22, -0.12),
         eye_size=rng.uniform(0.15, 0.19) * (1.05 if female else 1.0),
-        brow_thickness=rng.uniform(0.055, 0.08) * (0.8 if female else 1.0),
+        brow_thickness=rng.uniform(0.033, 0.048) * (0.85 if female else 1.0),
         nose_length=rng.uniform(0.28, 0.40),
         mouth_height=rng.uniform(0.66, 0.76),
         mouth_half_width=rng.uniform(0.27, 0.34),
@@ -199,17 +199,6 @@ class _Canvas:
         cv2.polylines(image, [self.points(xy)], False, _colour(colour), thickness, cv2.LINE_AA, _SHIFT)
 
 
-def _face_local_grid(canvas: _Canvas, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Face-local (u, v) coordinates of every supersampled pixel centre."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    dx = xs - canvas.origin[0]
-    dy = ys - canvas.origin[1]
-    # Inverse of points(): rotate back and divide by the unit.
-    u = (canvas.rotation[0, 0] * dx + canvas.rotation[1, 0] * dy) / canvas.unit
-    v = (canvas.rotation[0, 1] * dx + canvas.rotation[1, 1] * dy) / canvas.unit
-    return u, v
-
-
 def _bump(u: np.ndarray, v: np.ndarray, x: float, y: float, sx: float, sy: float) -> np.ndarray:
     return np.exp(-(((u - x) / sx) ** 2 + ((v - y) / sy) ** 2))
 
@@ -222,61 +211,92 @@ def _curve(x0: float, x1: float, y_ends: float, y_mid: float, n: int = 9) -> np.
     return np.stack([xs, ys], axis=1)
 
 
-def render_face(
-    background: np.ndarray, identity: FaceIdentity, expression: Expression, pose: Pose
-) -> np.ndarray:
-    """Draw one face over ``background`` (supersampled RGB float32) and return the RGB frame.
+class FaceRenderer:
+    """Draws one actor's face, in any expression and pose, over a background.
 
-    The returned frame is uint8 at (FRAME_HEIGHT, FRAME_WIDTH); sensor noise is added by the
-    caller, after downscaling, as a camera would.
+    The parts that never move relative to the head (hair, ears, the shaded skin) are drawn
+    once into a premultiplied RGBA sprite and warped into each frame; the parts that carry
+    the expression (eyes, brows, nose lines, mouth) are drawn per frame as vector primitives.
     """
-    expr = identity.resting.plus(expression)
-    image = background.copy()
-    height, width = image.shape[:2]
-    canvas = _Canvas(identity, pose)
-    aspect = identity.head_aspect
-    hair = identity.hair_rgb
 
-    # Hair behind the head: a cap, and for long hair a curtain down to the jaw.
-    if identity.long_hair:
-        canvas.polygon(
-            image,
-            np.array([[-1.12, -0.6], [1.12, -0.6], [1.18, aspect * 0.85], [-1.18, aspect * 0.85]]),
-            hair,
+    def __init__(self, identity: FaceIdentity) -> None:
+        self.identity = identity
+        self._sprite, self._sprite_origin = self._draw_head_sprite()
+
+    def _draw_head_sprite(self) -> tuple[np.ndarray, np.ndarray]:
+        identity = self.identity
+        aspect = identity.head_aspect
+        unit = identity.head_half_width * SUPERSAMPLE
+        width = int(np.ceil(2.6 * unit)) + 4
+        height = int(np.ceil(2.3 * aspect * unit)) + 4
+        origin_x, origin_y = width / 2.0, 1.2 * aspect * unit + 2
+        canvas = _Canvas(identity, Pose(origin_x / SUPERSAMPLE, origin_y / SUPERSAMPLE))
+        sprite = np.zeros((height, width, 4), dtype=np.float32)
+        hair = (*identity.hair_rgb, 255.0)
+        skin = np.asarray(identity.skin_rgb, dtype=np.float32)
+
+        # Hair behind the head: a cap, and for long hair a curtain down to the jaw.
+        if identity.long_hair:
+            curtain = [[-1.12, -0.6], [1.12, -0.6], [1.18, aspect * 0.85], [-1.18, aspect * 0.85]]
+            canvas.polygon(sprite, np.array(curtain), hair)
+        canvas.ellipse(sprite, (0.0, -0.22 * aspect), (1.1, aspect * 0.88), hair)
+        for side in (-1.0, 1.0):
+            canvas.ellipse(sprite, (side * 0.98, 0.0), (0.14, 0.26), (*(skin * 0.85), 255.0))
+        canvas.ellipse(sprite, (0.0, 0.0), (1.0, aspect), (*(skin * 0.7), 255.0))
+
+        # Shaded skin inside a slightly smaller ellipse, so a darker rim outlines the head.
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        u = (xs + 0.5 - origin_x) / unit
+        v = (ys + 0.5 - origin_y) / unit
+        r2 = u**2 + (v / aspect) ** 2
+        hairline = -aspect * 0.62 + 0.12 * u**2
+        skin_mask = (r2 <= 0.985**2) & (v > hairline)
+        eye_y = identity.eye_height
+        shade = 1.0 - 0.2 * r2**2  # rounded head: darker towards the rim
+        for side in (-1.0, 1.0):
+            # Eye sockets, reaching up to the brows: the Haar "eye band darker than the
+            # cheeks and the forehead" features.
+            shade -= 0.38 * _bump(u, v, side * identity.eye_spacing, eye_y - 0.04, 0.26, 0.17)
+            shade += 0.08 * _bump(u, v, side * 0.45, identity.mouth_height - 0.35, 0.22, 0.16)
+        shade += 0.10 * _bump(u, v, 0.0, eye_y + 0.05, 0.08, 0.35)  # bright nose bridge
+        shade -= 0.18 * _bump(u, v, 0.0, identity.nose_length + 0.09, 0.15, 0.05)  # nose shadow
+        shade -= 0.12 * _bump(u, v, 0.0, identity.mouth_height + 0.28, 0.25, 0.06)  # lip shadow
+        shaded = np.clip(shade, 0.3, 1.2)[..., None] * skin
+        sprite[skin_mask, :3] = shaded[skin_mask]
+        sprite[skin_mask, 3] = 255.0
+        # Above the hairline the head is hair, a little darker towards the crown.
+        hair_mask = (r2 <= 1.0) & (v <= hairline)
+        sprite[hair_mask, :3] = np.asarray(identity.hair_rgb, dtype=np.float32) * (
+            1.0 - 0.25 * np.clip(r2[hair_mask], 0.0, 1.0)
+        )[:, None]
+        sprite[hair_mask, 3] = 255.0
+        return sprite, np.array([origin_x, origin_y])
+
+    def render(self, background: np.ndarray, expression: Expression, pose: Pose) -> np.ndarray:
+        """The face over ``background`` (supersampled RGB float32), as a float32 RGB frame.
+
+        The frame is (FRAME_HEIGHT, FRAME_WIDTH, 3), 0..255, not yet quantised: sensor noise
+        is added by the caller after downscaling, as a camera would.
+        """
+        identity = self.identity
+        expr = identity.resting.plus(expression)
+        canvas = _Canvas(identity, pose)
+        # Sprite pixel p lands at scale * R (p - sprite_origin) + frame_origin.
+        linear = canvas.rotation * pose.scale
+        offset = canvas.origin - linear @ self._sprite_origin
+        warp = np.hstack([linear, offset[:, None]])
+        height, width = background.shape[:2]
+        head = cv2.warpAffine(
+            self._sprite, warp, (width, height), flags=cv2.INTER_LINEAR, borderValue=0
         )
-    canvas.ellipse(image, (0.0, -0.22 * aspect), (1.1, aspect * 0.88), hair)
-    # Ears, then the head itself with per-pixel shading.
-    for side in (-1.0, 1.0):
-        canvas.ellipse(image, (side * 0.98, 0.0), (0.14, 0.26), tuple(np.multiply(identity.skin_rgb, 0.85)))
+        coverage = head[..., 3:] / 255.0
+        image = np.ascontiguousarray(background * (1.0 - coverage) + head[..., :3])
 
-    u, v = _face_local_grid(canvas, height, width)
-    inside = (u**2 + (v / aspect) ** 2) <= 1.0
-    # The hairline: the top of the head is covered by hair.
-    hairline = -aspect * 0.62 + 0.12 * u**2
-    skin_mask = inside & (v > hairline)
-    r2 = u**2 + (v / aspect) ** 2
-    eye_y = identity.eye_height
-    eye_dx = identity.eye_spacing
-    shade = 1.0 - 0.28 * r2**2  # rounded head: darker towards the rim
-    for side in (-1.0, 1.0):  # eye sockets: the Haar "eyes darker than cheeks" feature
-        shade -= 0.30 * _bump(u, v, side * eye_dx, eye_y - 0.02, 0.26, 0.15)
-        shade += 0.08 * _bump(u, v, side * 0.45, identity.mouth_height - 0.35, 0.22, 0.16)
-    shade += 0.10 * _bump(u, v, 0.0, eye_y + 0.05, 0.08, 0.35)  # bright nose bridge
-    shade -= 0.18 * _bump(u, v, 0.0, identity.nose_length + 0.09, 0.15, 0.05)  # under the nose
-    shade -= 0.12 * _bump(u, v, 0.0, identity.mouth_height + 0.28, 0.25, 0.06)  # under the lip
-    skin = np.asarray(identity.skin_rgb, dtype=np.float32)
-    head = np.clip(shade, 0.3, 1.2)[..., None].astype(np.float32) * skin
-    image = np.where(skin_mask[..., None], head, image).astype(np.float32)
-    # Soft anti-aliased head outline, so the head does not look like a pasted stencil.
-    canvas.ellipse(image, (0.0, 0.0), (1.0, aspect), tuple(skin * 0.7), thickness=SUPERSAMPLE)
-
-    _draw_eyes(image, canvas, identity, expr)
-    _draw_brows(image, canvas, identity, expr)
-    _draw_nose(image, canvas, identity, expr)
-    _draw_mouth(image, canvas, identity, expr)
-
-    frame = cv2.resize(image, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA)
-    return frame
+        _draw_eyes(image, canvas, identity, expr)
+        _draw_brows(image, canvas, identity, expr)
+        _draw_nose(image, canvas, identity, expr)
+        _draw_mouth(image, canvas, identity, expr)
+        return cv2.resize(image, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
 def _draw_eyes(
@@ -289,7 +309,7 @@ def _draw_eyes(
     skin = np.asarray(identity.skin_rgb)
     for side in (-1.0, 1.0):
         cx = side * identity.eye_spacing
-        canvas.ellipse(image, (cx, eye_y), (half_w, half_h), (235.0, 232.0, 226.0))
+        canvas.ellipse(image, (cx, eye_y), (half_w, half_h), (215.0, 212.0, 206.0))
         iris_r = half_w * 0.5
         iris_h = min(iris_r, half_h * 1.05)
         canvas.ellipse(image, (cx, eye_y), (iris_r, iris_h), identity.iris_rgb)
@@ -402,7 +422,7 @@ def _draw_mouth(
         inner = np.concatenate(
             [np.stack([xs, upper_inner], 1), np.stack([xs[::-1], lower_inner[::-1]], 1)]
         )
-        canvas.polygon(image, inner, (45.0, 15.0, 18.0))
+        canvas.polygon(image, inner, (70.0, 24.0, 28.0))
         # Teeth show under the upper lip when the mouth opens.
         teeth_h = min(0.05, opening * 0.5)
         teeth = np.concatenate(

@@ -6,12 +6,18 @@ are dropped as soon as their face is cropped), and the mono audio track. Each ex
 turns that into named feature arrays. Extractors that run a heavy network (VGG16, the
 FER CNN) split their work: ``extract`` returns the face crops to embed, and the ingest
 stage runs ``make_embedder()`` inside ``Dataset.map_batches`` with an actor pool.
+
+Besides the contract, this module holds the few checks every extractor shares: parameter
+validation, "which frames have a face", and "is there audible audio".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -19,6 +25,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 Modality = Literal["audio", "video"]
+
+# What ``make_embedder()`` returns: the per-clip outputs of ``extract`` for a batch of clips
+# in, the per-clip stored arrays out (same order, same length).
+Embedder = Callable[[list[dict[str, np.ndarray]]], list[dict[str, np.ndarray]]]
+
+# Below -80 dBFS RMS a track carries no speech: pyAudioAnalysis would only amplify noise.
+DEFAULT_MIN_RMS = 1e-4
 
 
 class ExtractionError(Exception):
@@ -42,6 +55,13 @@ class FaceTrack:
     def frames_with_face(self) -> int:
         return sum(crop is not None for crop in self.crops)
 
+    @property
+    def frame_stride(self) -> int:
+        """The step between decoded frames (1: every frame was decoded)."""
+        if len(self.frame_indices) < 2:
+            return 1
+        return self.frame_indices[1] - self.frame_indices[0]
+
 
 @dataclass
 class AudioTrack:
@@ -53,7 +73,24 @@ class AudioTrack:
 
     def at_rate(self, sample_rate: int) -> np.ndarray:
         """The samples resampled to ``sample_rate`` (computed once per rate)."""
-        ...
+        if sample_rate == self.sample_rate:
+            return self.samples
+        if sample_rate not in self._resampled:
+            # Imported here: decoding and the registry must not pay torch's import time.
+            import torch
+            import torchaudio.functional
+
+            resampled = torchaudio.functional.resample(
+                torch.from_numpy(np.ascontiguousarray(self.samples, dtype=np.float32)),
+                orig_freq=self.sample_rate,
+                new_freq=sample_rate,
+            )
+            self._resampled[sample_rate] = resampled.numpy()
+        return self._resampled[sample_rate]
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
 
 
 @dataclass
@@ -66,7 +103,10 @@ class Extractor(Protocol):
     name: str
     version: str
     modality: Modality
-    params: dict[str, Any]
+    outputs: tuple[str, ...]  # names of the stored arrays (the embedder's, if it has one)
+
+    @property
+    def params(self) -> dict[str, Any]: ...
 
     def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
         """Feature arrays of one clip (or the crops its embedder consumes).
@@ -75,8 +115,11 @@ class Extractor(Protocol):
         """
         ...
 
-    def make_embedder(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
-        """A batch function for ``map_batches`` (None for extractors without a network)."""
+    def make_embedder(self) -> Embedder | None:
+        """A batch function for ``map_batches`` (None for extractors without a network).
+
+        It is cheap to make: the network is loaded on its first call, in the actor.
+        """
         ...
 
 
@@ -84,3 +127,110 @@ def param_hash(params: dict[str, Any]) -> str:
     """A short stable hash of an extractor's parameters: part of the cache key."""
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def extractor_params(extractor: Any) -> dict[str, Any]:
+    """An extractor dataclass's parameters: its fields, by name."""
+    return {f.name: getattr(extractor, f.name) for f in dataclasses.fields(extractor)}
+
+
+def check_param_types(extractor: Any) -> None:
+    """Check each field of an extractor dataclass against its annotation.
+
+    Handles the annotations extractors use: ``int``, ``float`` (an int is accepted and
+    stored as float, as YAML writes ``1`` for ``1.0``), ``str``, ``bool`` and ``X | None``.
+    Raises ``ValueError("<extractor>.<param>: ...")``.
+    """
+    hints = typing.get_type_hints(type(extractor))
+    for f in dataclasses.fields(extractor):
+        value = getattr(extractor, f.name)
+        allowed = _allowed_types(hints[f.name])
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(extractor, f.name, float(value))
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
+        if not ok:
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{extractor.name}.{f.name}: must be {expected}, got {value!r}")
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def require_positive(extractor: Any, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` that is not > 0."""
+    for name in names:
+        if getattr(extractor, name) <= 0:
+            raise ValueError(
+                f"{extractor.name}.{name}: must be > 0, got {getattr(extractor, name)!r}"
+            )
+
+
+def video_faces(
+    media: ClipMedia, frame_step: int = 1
+) -> tuple[FaceTrack, list[int], list[np.ndarray]]:
+    """The clip's face track and the frames at multiples of ``frame_step`` that have a face.
+
+    Returns ``(track, frame_indices, crops)``. Raises ``ExtractionError`` when no such frame
+    has a face, and ``ValueError`` when the track was decoded at a stride that can't give
+    every ``frame_step``-th frame (an ingest wiring mistake, not a property of the clip).
+    """
+    track = media.faces
+    if track is None:
+        raise ValueError("this extractor needs video: decode the clip with need_video=True")
+    if frame_step % track.frame_stride:
+        raise ValueError(
+            f"frames were decoded every {track.frame_stride}, "
+            f"which can't give every {frame_step}th frame: decode with frame_stride=1"
+        )
+    picked = [
+        (index, crop)
+        for index, crop in zip(track.frame_indices, track.crops, strict=True)
+        if index % frame_step == 0 and crop is not None
+    ]
+    if not picked:
+        looked_at = sum(index % frame_step == 0 for index in track.frame_indices)
+        raise ExtractionError(f"no face in any of {looked_at} frames")
+    return track, [index for index, _ in picked], [crop for _, crop in picked]
+
+
+def face_nearest_middle(media: ClipMedia) -> tuple[FaceTrack, np.ndarray]:
+    """The face of the clip's middle frame, else of the nearest frame that has one.
+
+    Raises ``ExtractionError("no face in any of N frames")`` when no frame has a face.
+    """
+    track, indices, crops = video_faces(media, frame_step=1)
+    middle = track.frame_indices[len(track.frame_indices) // 2]
+    nearest = min(range(len(indices)), key=lambda i: (abs(indices[i] - middle), indices[i]))
+    return track, crops[nearest]
+
+
+def audible_samples(media: ClipMedia, sample_rate: int, min_rms: float) -> np.ndarray:
+    """The clip's mono samples at ``sample_rate``; ``ExtractionError`` when silent."""
+    audio = media.audio
+    if audio is None:
+        raise ValueError("this extractor needs audio: decode the clip with need_audio=True")
+    if audio.samples.size == 0:
+        raise ExtractionError("no audio samples")
+    rms = float(np.sqrt(np.mean(np.square(audio.samples, dtype=np.float64))))
+    if not np.isfinite(rms):
+        raise ExtractionError("audio samples are not finite")
+    if rms < min_rms:
+        raise ExtractionError(f"silent audio (RMS below {20 * np.log10(min_rms):.0f} dBFS)")
+    return audio.at_rate(sample_rate)
+
+
+def finite_features(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as float32; ``ExtractionError`` when any value is NaN or infinite."""
+    array = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise ExtractionError(f"{what} are not finite")
+    return array

@@ -44,31 +44,40 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
         # load_state_dict_from_url reads the cached file when present, else downloads it.
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # no network, proxy refusal, truncated cache file, ...
+        where = f"{cache} unreadable" if cache.exists() else f"{cache} absent, download failed"
         raise WeightsError(
-            f"VGG16 ImageNet weights could not be loaded ({_one_line(err)}; not usable at "
-            f"{cache}): set the weights to a torchvision VGG16 state_dict .pth file, "
-            f"or to 'random' to use seeded random initialisation"
+            f"VGG16 ImageNet weights could not be loaded ({where}: {_one_line(err)}): set the "
+            "weights to the path of a torchvision VGG16 state_dict .pth file, or to 'random' "
+            "for seeded random initialisation"
         ) from err
 
 
 def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The ``features`` part of a torchvision VGG16 state_dict saved with ``torch.save``."""
+    """A state_dict saved with ``torch.save``, read without unpickling arbitrary objects."""
     if not path.is_file():
         raise WeightsError(f"VGG16 weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"VGG16 weights file {path} is not a torch state_dict ({_one_line(err)})")
+        reason = _one_line(err)
+        raise WeightsError(
+            f"VGG16 weights file {path} is not a torch state_dict ({reason})"
+        ) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"VGG16 weights file {path} does not hold a state_dict of tensors")
-    # A whole-model state_dict has "features.N.weight" keys; a features-only one "N.weight".
-    if any(key.startswith("features.") for key in state):
-        state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    return {key: value.float() for key, value in state.items()}
+    return state
 
 
 def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into the meta-device ``features`` exactly (every key, every shape)."""
+    """Load a VGG16 state_dict's ``features`` part into the meta-device ``features`` exactly.
+
+    A whole-model state_dict has "features.N.weight" keys (its classifier is ignored), a
+    features-only one "N.weight". Every key and shape must match.
+    """
+    prefix = "features."
+    if any(key.startswith(prefix) for key in state):
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    state = {key: value.float() for key, value in state.items()}  # e.g. a half-precision file
     expected = features.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -84,9 +93,7 @@ def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], sour
             problems.append(
                 f"{key} has shape {tuple(state[key].shape)}, expected {tuple(expected[key].shape)}"
             )
-        raise WeightsError(
-            f"{source} is not a torchvision VGG16 state_dict: {'; '.join(problems)}"
-        )
+        raise WeightsError(f"{source} is not a torchvision VGG16 state_dict: {'; '.join(problems)}")
     features.load_state_dict(state, strict=True, assign=True)
 
 
@@ -111,14 +118,15 @@ class Vgg16Block5Embedder:
             self.weights_source = "random"
         else:
             if weights == "imagenet":
-                state, source = _imagenet_state_dict(), "imagenet"
+                state, source, label = _imagenet_state_dict(), "imagenet", "torchvision's file"
             else:
                 path = Path(weights).expanduser().resolve()
                 state, source = _file_state_dict(path), f"file:{path}"
+                label = f"VGG16 weights file {path}"
             # Built on the meta device: the random init of 138M parameters would be wasted.
             with torch.device("meta"):
                 features = vgg16(weights=None).features
-            _load_features(features, state, "ImageNet weights" if source == "imagenet" else weights)
+            _load_features(features, state, label)
             self.weights_source = source
         self.features = features.to(self.device).eval().requires_grad_(False)
 
@@ -137,7 +145,7 @@ class Vgg16Block5Embedder:
         height, width = crops_bgr.shape[1:3]
         if min(height, width) < MIN_CROP_SIDE:
             raise ValueError(
-                f"VGG16 crops must be at least {MIN_CROP_SIDE}x{MIN_CROP_SIDE}, got {height}x{width}"
+                f"VGG16 crops must be at least {MIN_CROP_SIDE} pixels a side, got {height}x{width}"
             )
         embeddings = np.empty((len(crops_bgr), EMBEDDING_DIM), dtype=np.float32)
         with torch.inference_mode():

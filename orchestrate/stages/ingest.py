@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -118,6 +119,11 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     if config.dataset.name == "sfew-table":
         return _ingest_sfew_table(config, store)
 
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
     started = time.perf_counter()
     listing = list_clips(config.dataset.name, config.dataset.root, config.storage_options)
     extractors = [build_extractor(name, params) for name, params in requested_extractors(config).items()]
@@ -132,7 +138,12 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     cached = {extractor.name: store.cached_hashes(extractor_key(extractor)) for extractor in extractors}
     work = []
     for row in clips.to_dict("records"):
-        missing = [e.name for e in extractors if row["content_hash"] not in cached[e.name]]
+        # An audio-only clip has no video extractors to run (and vice versa): not a failure.
+        missing = [
+            e.name
+            for e in extractors
+            if row[f"{e.modality}_uri"] and row["content_hash"] not in cached[e.name]
+        ]
         if missing:
             work.append({**row, "missing": missing})
 
@@ -162,7 +173,9 @@ def _hash_clips(clips: list[Clip], config: RunConfig) -> pd.DataFrame:
     items = [asdict(clip) for clip in clips]
     blocks = max(1, min(len(items), 4 * _cluster_cpus()))
     hashed = ray.data.from_items(items, override_num_blocks=blocks).map(hash_clip).take_all()
-    return pd.DataFrame(hashed).sort_values("clip_id").reset_index(drop=True)
+    clips = pd.DataFrame(hashed).sort_values("clip_id").reset_index(drop=True)
+    # A missing stream is None, not pandas' NaN: the extract step tests it for truth.
+    return clips.astype(object).where(clips.notna(), None)
 
 
 def _cluster_cpus() -> int:
@@ -205,8 +218,7 @@ def _extract(
             fn_kwargs={"extractor": extractor.name, "key": key, "outputs": tuple(extractor.outputs)},
             batch_format="pandas",
         )
-        if rows.count():
-            rows.write_parquet(store.path(key.directory), filesystem=store.filesystem)
+        rows.write_parquet(store.path(key.directory), filesystem=store.filesystem)
 
 
 def extract_one_clip(

@@ -1,0 +1,219 @@
+"""Mitseas (2022) features: pyAudioAnalysis mid-term statistics and FER-2013 CNN posteriors.
+
+Audio: short-term features on 50 ms frames, their mean and standard deviation over 1 s
+mid-term windows, then the long-term average of the mid-term vectors (pyAudioAnalysis's
+``mid_feature_extraction``). pyAudioAnalysis 0.3.14 gives 34 short-term features plus
+their deltas, so the vector has 136 values (68 means + 68 standard deviations); the paper
+reports 48 features from an older release and does not list which ones, so all are kept
+(the SVM's scaler and the search space do the rest). The paper's final "normalize" is the
+classifier's feature scaling, fitted on training folds, not done here. A clip shorter than
+one mid-term window yields one window spanning the whole clip.
+
+Video: every frame's largest Haar face, grayscale, through a FER-2013 CNN; the per-frame
+class probabilities are averaged over the frames that have a face and renormalised. The
+paper's CNN is a VGG-19 on 48x48 input whose weights it does not publish; we load any
+Keras HDF5 of the mini-Xception layout (64x64 input) by path: the repository's tests use
+``fer2013_mini_XCEPTION.102-0.66.hdf5``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from orchestrate.extractors.base import (
+    DEFAULT_MIN_RMS,
+    ClipMedia,
+    Embedder,
+    ExtractionError,
+    Modality,
+    audible_samples,
+    check_param_types,
+    extractor_params,
+    finite_features,
+    require_positive,
+    video_faces,
+)
+from orchestrate.extractors.emodal import INT16_SCALE
+
+# Faces per forward pass: bounds the embedder's memory whatever the batch's clip count.
+FER_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class MitseasAudio:
+    """``features``: long-term mean of pyAudioAnalysis mid-term features (136 values)."""
+
+    name: ClassVar[str] = "mitseas_audio"
+    version: ClassVar[str] = "1"
+    modality: ClassVar[Modality] = "audio"
+    outputs: ClassVar[tuple[str, ...]] = ("features",)
+
+    # RAVDESS's native rate, which the paper used; other corpora are resampled to it so
+    # that spectral features mean the same thing for every clip.
+    sample_rate: int = 48000
+    short_window: float = 0.050  # seconds
+    short_step: float = 0.050
+    mid_window: float = 1.0
+    mid_step: float = 1.0
+    min_rms: float = DEFAULT_MIN_RMS
+
+    def __post_init__(self) -> None:
+        check_param_types(self)
+        require_positive(
+            self, "sample_rate", "short_window", "short_step", "mid_window", "mid_step", "min_rms"
+        )
+        if self.mid_window < self.short_window:
+            raise ValueError(
+                f"{self.name}.mid_window: must be >= short_window ({self.short_window}), "
+                f"got {self.mid_window}"
+            )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return extractor_params(self)
+
+    def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
+        samples = audible_samples(media, self.sample_rate, self.min_rms)
+        rate = self.sample_rate
+        if samples.size < int(round(self.short_window * rate)):
+            raise ExtractionError(
+                f"audio shorter than one {self.short_window * 1000:.0f} ms short-term window"
+            )
+        with warnings.catch_warnings():
+            # pyAudioAnalysis's imports warn (pydub: no ffmpeg, which we never use; old APIs).
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from pyAudioAnalysis import MidTermFeatures
+
+        mid_term, _, _ = MidTermFeatures.mid_feature_extraction(
+            samples.astype(np.float64) * INT16_SCALE,
+            rate,
+            self.mid_window * rate,
+            self.mid_step * rate,
+            self.short_window * rate,
+            self.short_step * rate,
+        )
+        return {"features": finite_features(mid_term.mean(axis=1), "mid-term audio features")}
+
+    def make_embedder(self) -> Embedder | None:
+        return None
+
+
+@dataclass(frozen=True)
+class MitseasFer:
+    """``probabilities``: FER-2013 class posteriors averaged over every frame with a face.
+
+    ``extract`` gives ``faces`` (T, face_size, face_size) uint8 grayscale; the embedder
+    turns them into ``probabilities`` (7,) in FER-2013 order and ``frames_with_face``.
+    ``model_digest`` (sha256 of the model file) is filled in when built, so that replacing
+    the file at the same path is a new cache key, never a stale hit.
+    """
+
+    name: ClassVar[str] = "mitseas_fer"
+    version: ClassVar[str] = "1"
+    modality: ClassVar[Modality] = "video"
+    outputs: ClassVar[tuple[str, ...]] = ("probabilities", "frames_with_face")
+
+    model_path: str | None = None  # Keras HDF5 of mini-Xception layout; the config gives it
+    face_size: int = 64
+    model_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        check_param_types(self)
+        require_positive(self, "face_size")
+        if self.model_path is None:
+            raise ValueError(
+                f"{self.name}.model_path: required (a Keras HDF5 FER-2013 model, "
+                "e.g. fer2013_mini_XCEPTION.102-0.66.hdf5)"
+            )
+        path = Path(self.model_path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{self.name}.model_path: no such file {self.model_path}")
+        digest = file_sha256(path)
+        if self.model_digest is not None and self.model_digest != digest:
+            raise ValueError(
+                f"{self.name}.model_digest: {self.model_path} changed since these parameters "
+                "were resolved"
+            )
+        object.__setattr__(self, "model_path", str(path.resolve()))
+        object.__setattr__(self, "model_digest", digest)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return extractor_params(self)
+
+    def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
+        track, _, crops = video_faces(media, frame_step=1)
+        faces = np.stack([_gray_face(crop, self.face_size) for crop in crops])
+        return {"faces": faces, "frames_with_face": np.array(track.frames_with_face)}
+
+    def make_embedder(self) -> Embedder | None:
+        assert self.model_path is not None
+        return FerClipEmbedder(self.model_path)
+
+
+class FerClipEmbedder:
+    """Batch function: every face of a batch of clips through the FER CNN at once.
+
+    The network is loaded on the first call (in the ``map_batches`` actor), on CUDA when
+    available.
+    """
+
+    def __init__(self, model_path: str, device: str | None = None):
+        self.model_path = model_path
+        self.device = device
+        self._model: Any = None
+
+    def __call__(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        if not clips:
+            return []
+        model = self._load()
+        counts = [len(clip["faces"]) for clip in clips]
+        faces = np.concatenate([clip["faces"] for clip in clips])
+        probabilities = np.concatenate(
+            [model.predict_proba(faces[i : i + FER_CHUNK]) for i in range(0, len(faces), FER_CHUNK)]
+        )
+        out = []
+        for clip, per_frame in zip(
+            clips, np.split(probabilities, np.cumsum(counts)[:-1]), strict=True
+        ):
+            mean = per_frame.mean(axis=0)
+            out.append(
+                {
+                    "probabilities": (mean / mean.sum()).astype(np.float32),
+                    "frames_with_face": np.asarray(clip.get("frames_with_face", len(per_frame))),
+                }
+            )
+        return out
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import torch
+
+            from orchestrate.extractors.fer_cnn import FerCnn
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._model = FerCnn.from_keras_h5(self.model_path, device=device)
+        return self._model
+
+
+def _gray_face(crop: np.ndarray, size: int) -> np.ndarray:
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interpolation)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,459 @@
+"""Wang (ANU): SFEW texture descriptors, a distinctiveness-pruned shallow net and a 1-D CNN fusion.
+
+The paper (``wang-sfew-pruning-cnn-fusion.txt``) works on SFEW's feature table: 5 principal
+components of LPQ ("LBP" in its text) and 5 of PHOG per face image, Min-Max normalised, 7
+emotions. Two models, five rows of its Table 3:
+
+- **Shallow net, pruned by distinctiveness** (Gedeon & Harris 1992, the paper's ref. [9]),
+  on one descriptor at a time (``shallow-lpq``, ``shallow-phog``): 5 inputs -> hidden units
+  (default 16) -> 7 outputs. Algorithm 1: train one epoch; take every hidden unit's
+  activation vector over the training patterns; compute the angle between each pair of
+  vectors; remove one unit of each pair closer than the threshold (60 degrees, the paper's
+  pick); rebuild the net without them; train on (200 epochs, batch 10, lr 1e-4).
+- **Two-branch 1-D CNN** (``cnn-lpq``, ``cnn-phog``, ``cnn-fused``): one 1-D CNN branch per
+  descriptor, "5 layers, each one convolution with kernel 3 and max-pooling", then FC 14
+  (twice the classes) -> FC 7, trained with Smooth L1 (30 epochs, batch 10, lr 1e-4).
+
+What the paper leaves open, and what this module does:
+
+- Inputs: each column is reduced to ``pca_components`` (5) principal components by a PCA
+  fitted on the training split only; columns that are already that narrow (the SFEW table's
+  published components) skip the PCA. Then Min-Max normalisation fitted on the training
+  split (Equation 1); test values may fall slightly outside [0, 1].
+- Hidden units are sigmoid: the paper's Table 1 activations all lie in (0, 1).
+- Angles: the paper's Table 2 is reproduced (to 0.1 degree) by the angle between the *raw*
+  activation vectors of its Table 1. Raw sigmoid activations are all positive, so every
+  angle lies in [0, 90) degrees and a 60-degree threshold prunes nearly every unit. Gedeon
+  & Harris instead centre activations at 0.5 first, so angles span 0-180 degrees and 90
+  means unrelated. ``activation_centre`` chooses: 0.5 (Gedeon & Harris, the default, so the
+  paper's 60-degree threshold removes only clearly redundant units) or 0.0 (the paper's
+  Table 2 arithmetic). Only the "similar" rule is applied (Gedeon & Harris also remove both
+  units of a near-180-degree, complementary pair; the paper does not mention it).
+- Which unit of a pair goes: pairs are processed in increasing angle order and the
+  higher-index unit is removed unless one of the pair is already gone, so the survivors are
+  pairwise at least the threshold apart and unit 0 always survives. As in Gedeon & Harris,
+  a removed unit's outgoing weights are added to its kept twin (the unit it was closest to
+  in that pair), so the rebuilt net computes nearly what the pruned one did.
+- Algorithm 1's "repeat" is read as: prune once, after the first epoch, then train on (a
+  fresh Adam state for the rebuilt net). Adam replaces the paper's unnamed PyTorch
+  optimiser: plain SGD at lr 1e-4 barely moves in 200 epochs.
+- The shallow net is trained with cross-entropy (the paper names a loss only for the CNN);
+  its probabilities are the softmax of its outputs.
+- CNN branch: input ``(1 channel, length 5)``; five blocks of Conv1d(kernel 3, same padding)
+  + ReLU + MaxPool1d(2, ceil_mode) where the pool only applies while the length is above 1:
+  5 -> 3 -> 2 -> 1 -> 1 -> 1. ``cnn_channels`` channels in every block. The branch output
+  (``cnn_channels`` x final length) is flattened; branches are concatenated; FC 14 + ReLU;
+  FC 7. One-branch variants feed their single branch to the same head.
+- Smooth L1 regresses the 7 outputs onto the one-hot target (the paper's "regression of the
+  emotion representations"); ``predict_proba`` is the softmax of those outputs: its argmax is
+  the regression's argmax, the values are not calibrated probabilities.
+- Epochs: one ``epochs`` knob serves both models. The default is the CNN's 30; a sweep of the
+  shallow rows should set ``epochs: 200`` (``VARIANT_DEFAULTS`` holds the paper's per-model
+  values).
+
+The paper does not say how it split its 675 rows for Table 3; this project evaluates with
+stratified k-fold. Its "Average Accuracy" column is the mean of per-class accuracies (recall),
+i.e. UAR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import MinMaxScaler
+from torch import nn
+from torch.nn import functional
+
+from tasks.common import FeatureSet, PaperResult
+
+NAME = "wang"
+
+# SFEW's seven emotions in the table's label order (1 Angry ... 7 Surprise).
+CLASSES: tuple[str, ...] = ("angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised")
+
+LPQ = "wang_texture.lpq"
+PHOG = "wang_texture.phog"
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "shallow-lpq": (LPQ,),
+    "shallow-phog": (PHOG,),
+    "cnn-lpq": (LPQ,),
+    "cnn-phog": (PHOG,),
+    "cnn-fused": (LPQ, PHOG),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "pca_components": 5,  # the paper's 5 principal components per descriptor
+    "hidden_units": 16,  # shallow net before pruning (the paper's default, from ref. [9])
+    "prune_angle": 60.0,  # degrees: the paper's best threshold (its Figure 6b)
+    "activation_centring": "mean",  # angles of "raw", "half" (0.5) or "mean"-centred activations
+    "cnn_channels": 16,  # per 1-D conv layer; the paper does not say
+    "fusion_width": 14,  # twice the 7 classes, as the paper's first FC layer
+    "lr": 1e-4,
+    "batch_size": 10,
+    "epochs": 30,  # the CNN's; the shallow net's is 200 (VARIANT_DEFAULTS)
+}
+
+# The paper's per-model training lengths, for runs that sweep one model family.
+VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "shallow-lpq": {"epochs": 200},
+    "shallow-phog": {"epochs": 200},
+}
+
+PAPER_PROTOCOL = "stratified-kfold"
+
+_PAPER_NOTE = (
+    "SFEW feature table (675 images, 5 LPQ + 5 PHOG principal components); Table 3 'average "
+    "accuracy' = mean per-class accuracy (UAR); the paper does not state its split"
+)
+PAPER_RESULTS: tuple[PaperResult, ...] = (
+    PaperResult("shallow-lpq", "uar", 0.23, PAPER_PROTOCOL, _PAPER_NOTE),
+    PaperResult("shallow-phog", "uar", 0.27, PAPER_PROTOCOL, _PAPER_NOTE),
+    PaperResult("cnn-lpq", "uar", 0.20, PAPER_PROTOCOL, _PAPER_NOTE),
+    PaperResult("cnn-phog", "uar", 0.28, PAPER_PROTOCOL, _PAPER_NOTE),
+    PaperResult("cnn-fused", "uar", 0.31, PAPER_PROTOCOL, _PAPER_NOTE),
+)
+
+
+# -- distinctiveness pruning ---------------------------------------------------------------------
+
+# How activation vectors are centred before their angles are taken.
+CENTRINGS: tuple[str, ...] = ("raw", "half", "mean")
+
+
+def activation_centres(activations: np.ndarray, centring: str = "raw") -> np.ndarray:
+    """The value subtracted from each hidden unit's activations before angles are taken.
+
+    ``raw``: nothing (the paper's Table 2); ``half``: 0.5, the middle of a sigmoid's range
+    (Gedeon & Harris); ``mean``: each unit's mean over the patterns, so the angle is the
+    arccosine of the two units' correlation and a constant offset (which the output bias
+    absorbs) does not make two units look alike.
+    """
+    activations = np.asarray(activations, dtype=np.float64)
+    if activations.ndim != 2:
+        raise ValueError(f"activations must be (patterns, units), got shape {activations.shape}")
+    if centring == "raw":
+        return np.zeros(activations.shape[1])
+    if centring == "half":
+        return np.full(activations.shape[1], 0.5)
+    if centring == "mean":
+        return activations.mean(axis=0)
+    raise ValueError(f"activation centring {centring!r} is not one of {', '.join(CENTRINGS)}")
+
+
+def hidden_unit_angles(activations: np.ndarray, centring: str = "raw") -> np.ndarray:
+    """Angles in degrees between the activation vectors of every pair of hidden units.
+
+    ``activations`` is ``(patterns, units)``. A unit whose centred vector is all zero has no
+    direction: its angles are 90 degrees.
+    """
+    vectors = np.asarray(activations, dtype=np.float64) - activation_centres(activations, centring)
+    norms = np.linalg.norm(vectors, axis=0)
+    unit_vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    cosine = np.clip(unit_vectors.T @ unit_vectors, -1.0, 1.0)
+    return np.degrees(np.arccos(cosine))
+
+
+def removal_pairs(
+    activations: np.ndarray, threshold_degrees: float, centring: str = "raw"
+) -> list[tuple[int, int]]:
+    """``(removed, kept twin)`` for each unit pruned, in the order they are removed.
+
+    Pairs closer than ``threshold_degrees`` are processed in increasing angle order (ties
+    by unit index); the higher-index unit goes unless one of the pair is already removed.
+    """
+    angles = hidden_unit_angles(activations, centring)
+    units = angles.shape[0]
+    close = [
+        (angles[i, j], i, j)
+        for i in range(units)
+        for j in range(i + 1, units)
+        if angles[i, j] < threshold_degrees
+    ]
+    removed: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for _, i, j in sorted(close):
+        if i in removed or j in removed:
+            continue
+        removed.add(j)
+        pairs.append((j, i))
+    return pairs
+
+
+def distinctiveness_prune(
+    activations: np.ndarray, threshold_degrees: float, centring: str = "raw"
+) -> list[int]:
+    """Indices (ascending) of the hidden units to remove: one of each pair closer than the threshold.
+
+    ``activations`` is ``(patterns, units)``: each column is a unit's output over the
+    training patterns. See ``removal_pairs`` for which unit of a pair goes.
+    """
+    return sorted(removed for removed, _ in removal_pairs(activations, threshold_degrees, centring))
+
+
+# -- the shallow net ----------------------------------------------------------------------------
+
+
+class ShallowNet(nn.Module):
+    """inputs -> sigmoid hidden units -> class outputs."""
+
+    def __init__(self, inputs: int, hidden_units: int, n_classes: int):
+        super().__init__()
+        self.hidden = nn.Linear(inputs, hidden_units)
+        self.output = nn.Linear(hidden_units, n_classes)
+
+    def hidden_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.hidden(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.hidden_activations(x))
+
+    @torch.no_grad()
+    def without_units(self, pairs: list[tuple[int, int]], centres: np.ndarray | None = None) -> ShallowNet:
+        """A copy without the removed units, their outgoing weights moved to their kept twins.
+
+        A removed unit ``j`` behaves like its twin ``i`` up to the centres the angle was
+        taken around (``a_j - c_j ~ a_i - c_i``), so its weights ``w_j`` join the twin's and
+        ``w_j (c_j - c_i)`` joins the output bias (zero for ``raw`` and ``half`` centring).
+        """
+        outgoing = self.output.weight.detach().clone()  # (classes, hidden)
+        bias = self.output.bias.detach().clone()
+        offsets = torch.zeros(self.hidden.out_features) if centres is None else torch.as_tensor(centres)
+        offsets = offsets.to(outgoing)
+        for removed, kept in pairs:  # in removal order, so a chain of twins merges onward
+            bias += outgoing[:, removed] * (offsets[removed] - offsets[kept])
+            outgoing[:, kept] += outgoing[:, removed]
+        gone = {removed for removed, _ in pairs}
+        keep = [unit for unit in range(self.hidden.out_features) if unit not in gone]
+        pruned = ShallowNet(self.hidden.in_features, len(keep), self.output.out_features)
+        pruned.to(self.hidden.weight.device)
+        pruned.hidden.weight.copy_(self.hidden.weight[keep])
+        pruned.hidden.bias.copy_(self.hidden.bias[keep])
+        pruned.output.weight.copy_(outgoing[:, keep])
+        pruned.output.bias.copy_(bias)
+        return pruned
+
+
+# -- the 1-D CNN fusion ---------------------------------------------------------------------------
+
+
+class TextureBranch(nn.Module):
+    """Five blocks of Conv1d(kernel 3, same padding) + ReLU + max-pool while length > 1."""
+
+    def __init__(self, length: int, channels: int, layers: int = 5):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        inputs = 1
+        for _ in range(layers):
+            blocks += [nn.Conv1d(inputs, channels, kernel_size=3, padding=1), nn.ReLU()]
+            if length > 1:
+                blocks.append(nn.MaxPool1d(2, ceil_mode=True))
+                length = math.ceil(length / 2)
+            inputs = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.output_size = channels * length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, length)`` -> ``(batch, output_size)``."""
+        return self.blocks(x.unsqueeze(1)).flatten(1)
+
+
+class TextureCNN(nn.Module):
+    """One branch per descriptor, concatenated, FC ``fusion_width`` + ReLU, FC to the classes."""
+
+    def __init__(self, lengths: list[int], channels: int, fusion_width: int, n_classes: int):
+        super().__init__()
+        self.branches = nn.ModuleList(TextureBranch(length, channels) for length in lengths)
+        self.fusion = nn.Sequential(
+            nn.Linear(sum(branch.output_size for branch in self.branches), fusion_width),
+            nn.ReLU(),
+            nn.Linear(fusion_width, n_classes),
+        )
+        # He initialisation keeps the signal alive through seven ReLU layers; PyTorch's
+        # default shrinks it about threefold per layer, and training then stalls at the prior.
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, *descriptors: torch.Tensor) -> torch.Tensor:
+        features = [branch(x) for branch, x in zip(self.branches, descriptors, strict=True)]
+        return self.fusion(torch.cat(features, dim=1))
+
+
+def cnn_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 between the outputs and the one-hot targets."""
+    targets = functional.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
+    return functional.smooth_l1_loss(outputs, targets)
+
+
+def shallow_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the shallow net's outputs."""
+    return functional.cross_entropy(outputs, labels)
+
+
+# -- preprocessing --------------------------------------------------------------------------------
+
+
+class DescriptorScaler:
+    """PCA to ``components`` (skipped when a column is already that narrow), then Min-Max.
+
+    Both are fitted on the training split only.
+    """
+
+    def __init__(self, column: str, components: int):
+        self.column = column
+        self.components = components
+        self.pca: PCA | None = None
+        self.minmax = MinMaxScaler()
+
+    def fit_transform(self, features: FeatureSet) -> np.ndarray:
+        vectors = descriptor_matrix(features, self.column)
+        if vectors.shape[1] > self.components:
+            if len(vectors) < self.components:
+                raise ValueError(
+                    f"{self.column}: PCA to {self.components} components needs at least that many training clips, got {len(vectors)}"
+                )
+            self.pca = PCA(n_components=self.components, svd_solver="full")
+            vectors = self.pca.fit_transform(vectors)
+        return self.minmax.fit_transform(vectors).astype(np.float32)
+
+    def transform(self, features: FeatureSet) -> np.ndarray:
+        vectors = descriptor_matrix(features, self.column)
+        if self.pca is not None:
+            vectors = self.pca.transform(vectors)
+        return self.minmax.transform(vectors).astype(np.float32)
+
+
+def descriptor_matrix(features: FeatureSet, column: str) -> np.ndarray:
+    """``(clips, dim)`` float64 descriptors; a wrong size or NaN is an error naming the clip."""
+    vectors = features.columns[column]
+    if not vectors:
+        return np.zeros((0, 0))
+    dim = np.size(vectors[0])
+    for clip_id, vector in zip(features.clip_ids, vectors, strict=True):
+        if np.ndim(vector) != 1 or np.size(vector) != dim:
+            raise ValueError(f"clip {clip_id}: {column} has shape {np.shape(vector)}, expected ({dim},)")
+        if not np.all(np.isfinite(vector)):
+            raise ValueError(f"clip {clip_id}: {column} holds NaN or infinite values")
+    return np.stack(vectors).astype(np.float64)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+class WangTrainer:
+    """Trains one of the paper's five rows on one training split, an epoch at a time."""
+
+    def __init__(self, config: dict[str, Any], variant: str, train: FeatureSet, seed: int):
+        self.config = config
+        self.variant = variant
+        self.seed = seed
+        self.epoch = 0
+        self.shallow = variant.startswith("shallow")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(seed)
+        self.labels = torch.as_tensor(_checked_labels(train), dtype=torch.long)
+        components = int(config["pca_components"])
+        self.scalers = [DescriptorScaler(column, components) for column in VARIANTS[variant]]
+        self.inputs = [torch.as_tensor(scaler.fit_transform(train)) for scaler in self.scalers]
+        n_classes = len(CLASSES)
+        if self.shallow:
+            self.model: nn.Module = ShallowNet(self.inputs[0].shape[1], int(config["hidden_units"]), n_classes)
+        else:
+            self.model = TextureCNN(
+                [x.shape[1] for x in self.inputs], int(config["cnn_channels"]), int(config["fusion_width"]), n_classes
+            )
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(config["lr"]))
+        self.pruned_units: list[int] = []
+
+    def fit_epoch(self) -> dict[str, float]:
+        """One pass in shuffled mini-batches; the shallow net is pruned after its first epoch."""
+        self.epoch += 1
+        torch.manual_seed(self.seed * 100_003 + self.epoch)
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.labels))
+        self.model.train()
+        loss_fn = shallow_loss if self.shallow else cnn_loss
+        total = 0.0
+        for start in range(0, len(order), int(self.config["batch_size"])):
+            index = torch.as_tensor(order[start : start + int(self.config["batch_size"])])
+            outputs = self.model(*(x[index].to(self.device) for x in self.inputs))
+            loss = loss_fn(outputs, self.labels[index].to(self.device))
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(index)
+        metrics = {"train_loss": total / len(order)}
+        if self.shallow:
+            if self.epoch == 1:
+                self._prune()
+            metrics["hidden_units"] = float(self.model.hidden.out_features)
+        return metrics
+
+    @torch.no_grad()
+    def _prune(self) -> None:
+        """Algorithm 1, steps 2-3: remove indistinct hidden units and rebuild the net."""
+        self.model.eval()
+        activations = self.model.hidden_activations(self.inputs[0].to(self.device)).cpu().numpy()
+        centring = str(self.config["activation_centring"])
+        pairs = removal_pairs(activations, float(self.config["prune_angle"]), centring)
+        self.pruned_units = sorted(removed for removed, _ in pairs)
+        self.model = self.model.without_units(pairs, activation_centres(activations, centring))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.config["lr"]))
+
+    @torch.no_grad()
+    def predict_proba(self, features: FeatureSet) -> np.ndarray:
+        """Softmax of the outputs (the CNN's regression outputs, the shallow net's logits)."""
+        self.model.eval()
+        if len(features) == 0:
+            return np.zeros((0, len(CLASSES)))
+        inputs = [torch.as_tensor(scaler.transform(features)).to(self.device) for scaler in self.scalers]
+        return torch.softmax(self.model(*inputs), dim=1).cpu().numpy().astype(np.float64)
+
+
+def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> WangTrainer:
+    """A trainer for one of Wang's rows on ``train`` (config: DEFAULTS plus sampled knobs)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"wang has no variant {variant!r} (allowed: {', '.join(VARIANTS)})")
+    _check_config(config)
+    for column in VARIANTS[variant]:
+        if column not in train.columns:
+            raise ValueError(f"wang/{variant}: the training features have no column {column!r}")
+    return WangTrainer(config, variant, train, seed)
+
+
+# -- input checks ---------------------------------------------------------------------------------
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    missing = [key for key in DEFAULTS if key not in config]
+    unknown = [key for key in config if key not in DEFAULTS]
+    if missing or unknown:
+        what = f"missing {missing}" if missing else f"unknown {unknown}"
+        raise ValueError(f"wang config: {what} (knobs: {', '.join(DEFAULTS)})")
+    for key in ("pca_components", "hidden_units", "cnn_channels", "fusion_width", "batch_size", "epochs"):
+        if int(config[key]) < 1:
+            raise ValueError(f"wang config: {key} must be >= 1, got {config[key]!r}")
+    if not 0.0 < float(config["prune_angle"]) <= 180.0:
+        raise ValueError(f"wang config: prune_angle must be in (0, 180] degrees, got {config['prune_angle']!r}")
+    if config["activation_centring"] not in CENTRINGS:
+        raise ValueError(
+            f"wang config: activation_centring {config['activation_centring']!r} is not one of {', '.join(CENTRINGS)}"
+        )
+    if float(config["lr"]) <= 0:
+        raise ValueError(f"wang config: lr must be > 0, got {config['lr']!r}")
+
+
+def _checked_labels(train: FeatureSet) -> np.ndarray:
+    labels = np.asarray(train.labels)
+    if len(labels) == 0:
+        raise ValueError("wang: the training split has no clips")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
+    if len(bad):
+        raise ValueError(f"wang: clip {train.clip_ids[bad[0]]} has label {labels[bad[0]]}, not an index into {CLASSES}")
+    return labels
