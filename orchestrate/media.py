@@ -119,7 +119,8 @@ def decode_faces(
         raise ExtractionError("corrupt or truncated video: no frame could be decoded")
     if declared_frames and decoded < MIN_DECODED_SHARE * declared_frames:
         raise ExtractionError(
-            f"corrupt or truncated video: decoded {decoded} of the {declared_frames} frames declared"
+            f"corrupt or truncated video: decoded {decoded} of the {declared_frames} frames "
+            "declared"
         )
     return FaceTrack(frame_indices=frame_indices, crops=crops, fps=fps, crop_size=crop_size)
 

@@ -100,7 +100,10 @@ def soft_hgr(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     the common loss is its negative.
     """
     if f.shape != g.shape or f.dim() != 2:
-        raise ValueError(f"soft_hgr needs two (m, k) batches of one shape, got {tuple(f.shape)} and {tuple(g.shape)}")
+        raise ValueError(
+            f"soft_hgr needs two (m, k) batches of one shape, "
+            f"got {tuple(f.shape)} and {tuple(g.shape)}"
+        )
     m = f.shape[0]
     if m < 2:
         raise ValueError(f"soft_hgr needs a batch of at least 2 pairs, got {m}")
@@ -119,17 +122,28 @@ class ImageNet(nn.Module):
     """Three 3x3 conv + 2x2 max-pool blocks, flatten, FC, dropout, FC -> image feature."""
 
     def __init__(
-        self, image_shape: tuple[int, int], conv_channels: int, fc_width: int, dropout: float, feature_size: int
+        self,
+        image_shape: tuple[int, int],
+        conv_channels: int,
+        fc_width: int,
+        dropout: float,
+        feature_size: int,
     ):
         super().__init__()
         channels = (1, conv_channels, 2 * conv_channels, 4 * conv_channels)
         blocks: list[nn.Module] = []
         for inputs, outputs in zip(channels[:-1], channels[1:], strict=True):
-            blocks += [nn.Conv2d(inputs, outputs, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(inputs, outputs, kernel_size=3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.convolutions = nn.Sequential(*blocks)
         height, width = (side // 8 for side in image_shape)  # three 2x2 pools
         if height < 1 or width < 1:
-            raise ValueError(f"{FACE}: faces of {image_shape} are too small for three 2x2 pools (need >= 8x8)")
+            raise ValueError(
+                f"{FACE}: faces of {image_shape} are too small for three 2x2 pools (need >= 8x8)"
+            )
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(channels[-1] * height * width, fc_width),
@@ -149,7 +163,11 @@ class AudioNet(nn.Module):
     def __init__(self, audio_dim: int, feature_size: int):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(audio_dim, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, feature_size)
+            nn.Linear(audio_dim, 128),
+            nn.ReLU(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+            nn.Linear(64, feature_size),
         )
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -159,7 +177,13 @@ class AudioNet(nn.Module):
 class EmodalNet(nn.Module):
     """The modality networks a variant uses, their heads, and (fused) the classify head."""
 
-    def __init__(self, config: dict[str, Any], variant: str, image_shape: tuple[int, int] | None, audio_dim: int | None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        variant: str,
+        image_shape: tuple[int, int] | None,
+        audio_dim: int | None,
+    ):
         super().__init__()
         size = int(config["feature_size"])
         n_classes = len(CLASSES)
@@ -167,7 +191,11 @@ class EmodalNet(nn.Module):
         if variant in ("video", "fused"):
             assert image_shape is not None
             self.image = ImageNet(
-                image_shape, int(config["conv_channels"]), int(config["fc_width"]), float(config["dropout"]), size
+                image_shape,
+                int(config["conv_channels"]),
+                int(config["fc_width"]),
+                float(config["dropout"]),
+                size,
             )
             self.image_head = nn.Linear(size, n_classes)
         if variant in ("audio", "fused"):
@@ -177,7 +205,9 @@ class EmodalNet(nn.Module):
         if variant == "fused":
             self.fused_head = nn.Linear(2 * size, n_classes)
 
-    def forward(self, faces: torch.Tensor | None, audio: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, faces: torch.Tensor | None, audio: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """Features and logits by name: ``f_img``, ``f_aud``, ``img``, ``aud``, ``fused``."""
         out: dict[str, torch.Tensor] = {}
         if self.image is not None:
@@ -202,7 +232,11 @@ def emodal_loss(
     ce_fused = functional.cross_entropy(outputs["fused"], labels)
     ce_img = functional.cross_entropy(outputs["img"], labels)
     ce_aud = functional.cross_entropy(outputs["aud"], labels)
-    loss = float(config["w_cls"]) * ce_fused + float(config["w_img"]) * ce_img + float(config["w_aud"]) * ce_aud
+    loss = (
+        float(config["w_cls"]) * ce_fused
+        + float(config["w_img"]) * ce_img
+        + float(config["w_aud"]) * ce_aud
+    )
     parts = {"ce_fused": ce_fused.item(), "ce_img": ce_img.item(), "ce_aud": ce_aud.item()}
     if labels.shape[0] >= 2:  # Soft-HGR needs two pairs to centre; a lone clip has none
         hgr = soft_hgr(outputs["f_img"], outputs["f_aud"])
@@ -279,10 +313,15 @@ class EmodalTrainer:
         if self.face_mean is not None:
             raw_faces = _faces(features)
             if raw_faces.shape[1:] != self.face_shape:
-                raise ValueError(f"{FACE}: faces are {raw_faces.shape[1:]}, the model was trained on {self.face_shape}")
+                raise ValueError(
+                    f"{FACE}: faces are {raw_faces.shape[1:]}, "
+                    f"the model was trained on {self.face_shape}"
+                )
             faces = torch.as_tensor((raw_faces - self.face_mean) / self.face_std)
         if self.audio_scaler is not None:
-            audio = torch.as_tensor(self.audio_scaler.transform(_audio(features)).astype(np.float32))
+            audio = torch.as_tensor(
+                self.audio_scaler.transform(_audio(features)).astype(np.float32)
+            )
         head = {"audio": "aud", "video": "img", "fused": "fused"}[self.variant]
         probabilities = []
         for start in range(0, len(features), 256):
@@ -297,11 +336,13 @@ class EmodalTrainer:
         return None if tensor is None else tensor[index].to(self.device)
 
 
-def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> EmodalTrainer:
+def make_trainer(
+    config: dict[str, Any], variant: str, train: FeatureSet, seed: int
+) -> EmodalTrainer:
     """An EMODal trainer for ``variant`` on ``train`` (config: DEFAULTS plus sampled knobs)."""
     if variant not in VARIANTS:
         raise ValueError(f"emodal has no variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    _check_config(config)
+    config = _checked_config(config)
     for column in VARIANTS[variant]:
         if column not in train.columns:
             raise ValueError(f"emodal/{variant}: the training features have no column {column!r}")
@@ -311,12 +352,14 @@ def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: 
 # -- input checks ---------------------------------------------------------------------------------
 
 
-def _check_config(config: dict[str, Any]) -> None:
-    missing = [key for key in DEFAULTS if key not in config]
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """DEFAULTS updated by ``config``; an unknown knob or a bad value is a one-line error."""
     unknown = [key for key in config if key not in DEFAULTS]
-    if missing or unknown:
-        what = f"missing {missing}" if missing else f"unknown {unknown}"
-        raise ValueError(f"emodal config: {what} (knobs: {', '.join(DEFAULTS)})")
+    if unknown:
+        raise ValueError(
+            f"emodal config: unknown knob {unknown[0]!r} (knobs: {', '.join(DEFAULTS)})"
+        )
+    config = {**DEFAULTS, **config}
     for key in ("feature_size", "conv_channels", "fc_width", "batch_size", "epochs"):
         if int(config[key]) < 1:
             raise ValueError(f"emodal config: {key} must be >= 1, got {config[key]!r}")
@@ -324,6 +367,7 @@ def _check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"emodal config: dropout must be in [0, 1), got {config['dropout']!r}")
     if float(config["lr"]) <= 0:
         raise ValueError(f"emodal config: lr must be > 0, got {config['lr']!r}")
+    return config
 
 
 def _checked_labels(train: FeatureSet) -> np.ndarray:
@@ -332,7 +376,10 @@ def _checked_labels(train: FeatureSet) -> np.ndarray:
         raise ValueError("emodal: the training split has no clips")
     bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
     if len(bad):
-        raise ValueError(f"emodal: clip {train.clip_ids[bad[0]]} has label {labels[bad[0]]}, not an index into {CLASSES}")
+        raise ValueError(
+            f"emodal: clip {train.clip_ids[bad[0]]} has label {labels[bad[0]]}, "
+            f"not an index into {CLASSES}"
+        )
     return labels
 
 
@@ -344,7 +391,9 @@ def _faces(features: FeatureSet) -> np.ndarray:
     shape = np.shape(faces[0])
     for clip_id, face in zip(features.clip_ids, faces, strict=True):
         if np.ndim(face) != 2 or np.shape(face) != shape:
-            raise ValueError(f"clip {clip_id}: {FACE} is {np.shape(face)}, expected a grayscale face of {shape}")
+            raise ValueError(
+                f"clip {clip_id}: {FACE} is {np.shape(face)}, expected a grayscale face of {shape}"
+            )
     return np.stack(faces).astype(np.float32) / 255.0
 
 
@@ -356,7 +405,9 @@ def _audio(features: FeatureSet) -> np.ndarray:
     dim = np.size(vectors[0])
     for clip_id, vector in zip(features.clip_ids, vectors, strict=True):
         if np.ndim(vector) != 1 or np.size(vector) != dim:
-            raise ValueError(f"clip {clip_id}: {AUDIO} has shape {np.shape(vector)}, expected ({dim},)")
+            raise ValueError(
+                f"clip {clip_id}: {AUDIO} has shape {np.shape(vector)}, expected ({dim},)"
+            )
         if not np.all(np.isfinite(vector)):
             raise ValueError(f"clip {clip_id}: {AUDIO} holds NaN or infinite values")
     return np.stack(vectors).astype(np.float32)

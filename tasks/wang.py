@@ -187,7 +187,7 @@ def removal_pairs(
 def distinctiveness_prune(
     activations: np.ndarray, threshold_degrees: float, centring: str = "raw"
 ) -> list[int]:
-    """Indices (ascending) of the hidden units to remove: one of each pair closer than the threshold.
+    """Indices (ascending) of the hidden units to remove: one of each pair under the threshold.
 
     ``activations`` is ``(patterns, units)``: each column is a unit's output over the
     training patterns. See ``removal_pairs`` for which unit of a pair goes.
@@ -213,7 +213,9 @@ class ShallowNet(nn.Module):
         return self.output(self.hidden_activations(x))
 
     @torch.no_grad()
-    def without_units(self, pairs: list[tuple[int, int]], centres: np.ndarray | None = None) -> ShallowNet:
+    def without_units(
+        self, pairs: list[tuple[int, int]], centres: np.ndarray | None = None
+    ) -> ShallowNet:
         """A copy without the removed units, their outgoing weights moved to their kept twins.
 
         A removed unit ``j`` behaves like its twin ``i`` up to the centres the angle was
@@ -222,7 +224,9 @@ class ShallowNet(nn.Module):
         """
         outgoing = self.output.weight.detach().clone()  # (classes, hidden)
         bias = self.output.bias.detach().clone()
-        offsets = torch.zeros(self.hidden.out_features) if centres is None else torch.as_tensor(centres)
+        offsets = (
+            torch.zeros(self.hidden.out_features) if centres is None else torch.as_tensor(centres)
+        )
         offsets = offsets.to(outgoing)
         for removed, kept in pairs:  # in removal order, so a chain of twins merges onward
             bias += outgoing[:, removed] * (offsets[removed] - offsets[kept])
@@ -316,7 +320,8 @@ class DescriptorScaler:
         if vectors.shape[1] > self.components:
             if len(vectors) < self.components:
                 raise ValueError(
-                    f"{self.column}: PCA to {self.components} components needs at least that many training clips, got {len(vectors)}"
+                    f"{self.column}: PCA to {self.components} components needs as many "
+                    f"training clips, got {len(vectors)}"
                 )
             self.pca = PCA(n_components=self.components, svd_solver="full")
             vectors = self.pca.fit_transform(vectors)
@@ -337,7 +342,9 @@ def descriptor_matrix(features: FeatureSet, column: str) -> np.ndarray:
     dim = np.size(vectors[0])
     for clip_id, vector in zip(features.clip_ids, vectors, strict=True):
         if np.ndim(vector) != 1 or np.size(vector) != dim:
-            raise ValueError(f"clip {clip_id}: {column} has shape {np.shape(vector)}, expected ({dim},)")
+            raise ValueError(
+                f"clip {clip_id}: {column} has shape {np.shape(vector)}, expected ({dim},)"
+            )
         if not np.all(np.isfinite(vector)):
             raise ValueError(f"clip {clip_id}: {column} holds NaN or infinite values")
     return np.stack(vectors).astype(np.float64)
@@ -363,10 +370,15 @@ class WangTrainer:
         self.inputs = [torch.as_tensor(scaler.fit_transform(train)) for scaler in self.scalers]
         n_classes = len(CLASSES)
         if self.shallow:
-            self.model: nn.Module = ShallowNet(self.inputs[0].shape[1], int(config["hidden_units"]), n_classes)
+            self.model: nn.Module = ShallowNet(
+                self.inputs[0].shape[1], int(config["hidden_units"]), n_classes
+            )
         else:
             self.model = TextureCNN(
-                [x.shape[1] for x in self.inputs], int(config["cnn_channels"]), int(config["fusion_width"]), n_classes
+                [x.shape[1] for x in self.inputs],
+                int(config["cnn_channels"]),
+                int(config["fusion_width"]),
+                n_classes,
             )
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(config["lr"]))
@@ -412,7 +424,9 @@ class WangTrainer:
         self.model.eval()
         if len(features) == 0:
             return np.zeros((0, len(CLASSES)))
-        inputs = [torch.as_tensor(scaler.transform(features)).to(self.device) for scaler in self.scalers]
+        inputs = [
+            torch.as_tensor(scaler.transform(features)).to(self.device) for scaler in self.scalers
+        ]
         return torch.softmax(self.model(*inputs), dim=1).cpu().numpy().astype(np.float64)
 
 
@@ -420,7 +434,7 @@ def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: 
     """A trainer for one of Wang's rows on ``train`` (config: DEFAULTS plus sampled knobs)."""
     if variant not in VARIANTS:
         raise ValueError(f"wang has no variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    _check_config(config)
+    config = _checked_config(config)
     for column in VARIANTS[variant]:
         if column not in train.columns:
             raise ValueError(f"wang/{variant}: the training features have no column {column!r}")
@@ -430,23 +444,34 @@ def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: 
 # -- input checks ---------------------------------------------------------------------------------
 
 
-def _check_config(config: dict[str, Any]) -> None:
-    missing = [key for key in DEFAULTS if key not in config]
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """DEFAULTS updated by ``config``; an unknown knob or a bad value is a one-line error."""
     unknown = [key for key in config if key not in DEFAULTS]
-    if missing or unknown:
-        what = f"missing {missing}" if missing else f"unknown {unknown}"
-        raise ValueError(f"wang config: {what} (knobs: {', '.join(DEFAULTS)})")
-    for key in ("pca_components", "hidden_units", "cnn_channels", "fusion_width", "batch_size", "epochs"):
+    if unknown:
+        raise ValueError(f"wang config: unknown knob {unknown[0]!r} (knobs: {', '.join(DEFAULTS)})")
+    config = {**DEFAULTS, **config}
+    for key in (
+        "pca_components",
+        "hidden_units",
+        "cnn_channels",
+        "fusion_width",
+        "batch_size",
+        "epochs",
+    ):
         if int(config[key]) < 1:
             raise ValueError(f"wang config: {key} must be >= 1, got {config[key]!r}")
     if not 0.0 < float(config["prune_angle"]) <= 180.0:
-        raise ValueError(f"wang config: prune_angle must be in (0, 180] degrees, got {config['prune_angle']!r}")
+        raise ValueError(
+            f"wang config: prune_angle must be in (0, 180] degrees, got {config['prune_angle']!r}"
+        )
     if config["activation_centring"] not in CENTRINGS:
         raise ValueError(
-            f"wang config: activation_centring {config['activation_centring']!r} is not one of {', '.join(CENTRINGS)}"
+            f"wang config: activation_centring {config['activation_centring']!r} "
+            f"is not one of {', '.join(CENTRINGS)}"
         )
     if float(config["lr"]) <= 0:
         raise ValueError(f"wang config: lr must be > 0, got {config['lr']!r}")
+    return config
 
 
 def _checked_labels(train: FeatureSet) -> np.ndarray:
@@ -455,5 +480,8 @@ def _checked_labels(train: FeatureSet) -> np.ndarray:
         raise ValueError("wang: the training split has no clips")
     bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
     if len(bad):
-        raise ValueError(f"wang: clip {train.clip_ids[bad[0]]} has label {labels[bad[0]]}, not an index into {CLASSES}")
+        raise ValueError(
+            f"wang: clip {train.clip_ids[bad[0]]} has label {labels[bad[0]]}, "
+            f"not an index into {CLASSES}"
+        )
     return labels

@@ -100,15 +100,15 @@ def start_mlflow_server(base_dir: Path) -> MlflowServer:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"mlflow server exited with {process.returncode} before /health answered:\n"
-                + server.tail()
-            )
+            problem = f"mlflow server exited with {process.returncode} before /health answered"
+            break
         if _healthy(server.uri):
             return server
         time.sleep(1.0)
-    stop_mlflow_server(server)
-    raise RuntimeError(f"mlflow server: no /health after {START_TIMEOUT_S:.0f} s:\n{server.tail()}")
+    else:
+        problem = f"mlflow server: no /health after {START_TIMEOUT_S:.0f} s"
+    stop_mlflow_server(server)  # its workers may have started
+    raise RuntimeError(f"{problem}:\n{server.tail()}")
 
 
 def stop_mlflow_server(server: MlflowServer) -> None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,9 @@ import pytest
 START_TIMEOUT_S = 120.0  # a cold head on 2 busy cores: GCS, raylet, dashboard, agents
 STOP_TIMEOUT_S = 30.0
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# AF_UNIX socket paths are limited to 107 bytes and Ray appends up to 68 to its temp dir
+# (/session_<date>_<time>_<usec>_<pid up to 7 digits>/sockets/dash_MetricsHead).
+MAX_TEMP_DIR_CHARS = 39
 
 
 def free_port() -> int:
@@ -60,9 +65,10 @@ class RayHead:
     gcs_address: str  # host:port, for ray.init(address=...) / RAY_ADDRESS / --address
     dashboard_url: str  # http://host:port, for `ray job submit --address`
     token: str
-    temp_dir: Path
+    temp_dir: Path  # Ray's --temp-dir: sessions, sockets, logs
     log_path: Path  # stdout + stderr of `ray start --head --block`
     process: subprocess.Popen = field(repr=False)
+    own_temp_dir: bool = False  # a short temp dir outside base_dir, removed at stop
 
     def client_env(self, auth: bool = True) -> dict[str, str]:
         """The environment for a `ray job ...` client: same RAY_AUTH_MODE and token as the head.
@@ -106,6 +112,8 @@ class RayHead:
         """The head's own log tail plus the job-related logs of its session."""
         parts = [f"--- {self.log_path.name}\n{log_tail(self.log_path, lines)}"]
         logs = self.temp_dir / "session_latest" / "logs"
+        if not logs.is_dir():  # a removed short temp dir: stop_ray_head copied its logs
+            logs = self.log_path.with_name("ray-logs")
         for name in ("dashboard.log", "dashboard_JobHead.log", "raylet.err", "gcs_server.err"):
             text = log_tail(logs / name, lines // 2)
             if text:
@@ -123,10 +131,14 @@ def _dashboard_up(url: str) -> bool:
 
 
 def start_ray_head(base_dir: Path, num_cpus: int = 2) -> RayHead:
-    """Start ``ray start --head --block`` under ``base_dir``; return once it takes jobs."""
-    # Unix socket paths are limited to 107 bytes: keep the session root short.
-    temp_dir = base_dir / "ray"
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    """Start ``ray start --head --block`` under ``base_dir``; return once it takes jobs.
+
+    Ray's sessions go to ``base_dir`` itself when its path is short enough for Ray's Unix
+    sockets, else to a short directory in the system temp dir that :func:`stop_ray_head` removes.
+    """
+    base_dir.mkdir(parents=True, exist_ok=True)
+    own_temp_dir = len(str(base_dir)) > MAX_TEMP_DIR_CHARS
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray")) if own_temp_dir else base_dir
     log_path = base_dir / "ray-head.log"
     port, dashboard_port = free_port(), free_port()
     token = secrets.token_hex(32)
@@ -174,19 +186,20 @@ def start_ray_head(base_dir: Path, num_cpus: int = 2) -> RayHead:
         temp_dir=temp_dir,
         log_path=log_path,
         process=process,
+        own_temp_dir=own_temp_dir,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"ray start --head exited with {process.returncode} before it was ready:\n"
-                + head.tail()
-            )
+            problem = f"ray start --head exited with {process.returncode} before it was ready"
+            break
         if _dashboard_up(head.dashboard_url) and _jobs_api_up(head):
             return head
         time.sleep(1.0)
-    stop_ray_head(head)
-    raise RuntimeError(f"ray head not ready after {START_TIMEOUT_S:.0f} s:\n{head.tail()}")
+    else:
+        problem = f"ray head not ready after {START_TIMEOUT_S:.0f} s"
+    stop_ray_head(head)  # whatever did start, and the short temp dir (its logs are kept)
+    raise RuntimeError(f"{problem}:\n{head.tail()}")
 
 
 def _jobs_api_up(head: RayHead) -> bool:
@@ -214,6 +227,12 @@ def stop_ray_head(head: RayHead) -> None:
     except ProcessLookupError:
         pass
     head.process.wait(timeout=STOP_TIMEOUT_S)
+    if head.own_temp_dir:
+        # Keep the logs the failure message points at: copy them beside the head's log first.
+        logs = head.temp_dir / "session_latest" / "logs"
+        if logs.is_dir():
+            shutil.copytree(logs, head.log_path.with_name("ray-logs"), dirs_exist_ok=True)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +241,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
 
     The head's log tail is printed at teardown: pytest shows it when a test failed.
     """
-    head = start_ray_head(tmp_path_factory.mktemp("rayhead"))
+    head = start_ray_head(tmp_path_factory.mktemp("ray"))  # a short path: see MAX_TEMP_DIR_CHARS
     try:
         yield head
     finally:

@@ -89,8 +89,12 @@ def test_job_submit_runs_orchestrate_on_the_head(ray_head: RayHead) -> None:
 
 
 def test_job_driver_joins_the_cluster_with_the_token(ray_head: RayHead) -> None:
-    """A job's ray.init() joins the head via RAY_ADDRESS with the head's token (as ingest does)."""
-    code = "import ray; ray.init(); print('cluster CPUs', int(ray.cluster_resources()['CPU']))"
+    """A job's driver imports every package a sweep needs from outside the checkout, and its
+    ray.init() joins the head via RAY_ADDRESS with the head's token (as orchestrate does)."""
+    code = (
+        "import orchestrate.cli, tasks, search_spaces, ray; ray.init(); "
+        "print('cluster CPUs', int(ray.cluster_resources()['CPU']))"
+    )
     logs = submit(ray_head, "driver-joins", [shlex.join(["python", "-c", code])], SUBMIT_TIMEOUT_S)
     assert "cluster CPUs 2" in logs, logs
 

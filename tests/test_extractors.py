@@ -95,6 +95,8 @@ def test_build_extractor_rejects_bad_names_and_params(shared_data: Path) -> None
         build_extractor("emodal_face", {"face_size": "128"})
     with pytest.raises(ValueError, match=r"song_mfcc\.hop_length: must be > 0"):
         build_extractor("song_mfcc", {"hop_length": 0})
+    with pytest.raises(ValueError, match=r"song_vgg16\.crop_size: must be >= 32"):
+        build_extractor("song_vgg16", {"weights": "random", "crop_size": 16})
     with pytest.raises(ValueError, match=r"wang_texture\.lpq_window: must be odd"):
         build_extractor("wang_texture", {"lpq_window": 6})
     with pytest.raises(ValueError, match=r"mitseas_fer\.model_path: required"):

@@ -217,8 +217,9 @@ class _GraphBuilder:
             layer.module = _GlobalAveragePool()
             return (channels,)
         if kind == "BatchNormalization":
-            if cfg.get("axis", -1) not in (-1, 3):
-                raise self.fail(f"layer {layer.name!r} normalises axis {cfg['axis']}, expected -1")
+            axis = cfg.get("axis", -1)
+            if axis not in (-1, 3, [-1], [3]):  # later Keras versions save the axis as a list
+                raise self.fail(f"layer {layer.name!r} normalises axis {axis}, expected -1")
             norm = nn.BatchNorm2d(channels, eps=float(cfg["epsilon"]))
             names = (
                 (["gamma"] if cfg.get("scale", True) else [])

@@ -69,7 +69,10 @@ class SongVgg16:
 
     def __post_init__(self) -> None:
         check_param_types(self)
-        require_positive(self, "frame_step", "crop_size")
+        require_positive(self, "frame_step")
+        if self.crop_size < 32:
+            # Five 2x2 max-pools: a smaller crop leaves block 5 with an empty map.
+            raise ValueError(f"{self.name}.crop_size: must be >= 32, got {self.crop_size}")
         if self.weights_source is None:
             source, digest = resolve_vgg16_weights(self.weights, self.weights_file)
         else:

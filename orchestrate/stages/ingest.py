@@ -206,7 +206,7 @@ def _extract(
             fn_constructor_kwargs={"name": extractor.name, "params": extractor.params},
             batch_size=config.ingest.embed_batch_size,
             batch_format="pandas",
-            concurrency=config.ingest.embed_workers,
+            compute=ray.data.ActorPoolStrategy(size=config.ingest.embed_workers),
             num_gpus=gpus,
         )
     # Features only from here on (no frames, no crops): small enough to hold once.
@@ -338,20 +338,21 @@ def _summarise(
     computed: int,
     seconds: float,
 ) -> IngestSummary:
-    """Per clip: ok when every extractor has an ok row; else failed with its first reason."""
+    """Per clip: ok when every extractor it has rows for is ok; else failed, with its reasons."""
     hashes = set(clips["content_hash"])
-    reasons: dict[str, str] = {}
+    # content hash -> reason -> the extractors that failed with it
+    reasons: dict[str, dict[str, list[str]]] = {}
     for extractor in extractors:
         rows = store.feature_rows(extractor_key(extractor), hashes)
-        for content, status, reason in zip(rows["content_hash"], rows["status"], rows["reason"], strict=True):
-            if status != "ok":
-                reasons.setdefault(content, f"{extractor.name}: {reason}")
+        failed = rows[rows["status"] != "ok"]
+        for content, reason in zip(failed["content_hash"], failed["reason"], strict=True):
+            reasons.setdefault(content, {}).setdefault(reason, []).append(extractor.name)
     failed_clips = [
-        (clip_id, reasons[content])
+        (clip_id, "; ".join(f"{reason} ({', '.join(names)})" for reason, names in reasons[content].items()))
         for clip_id, content in zip(clips["clip_id"], clips["content_hash"], strict=True)
         if content in reasons
     ]
-    by_reason = Counter(reason.split(": ", 1)[1] if ": " in reason else reason for _, reason in failed_clips)
+    by_reason = Counter(reason for by_text in reasons.values() for reason in by_text)
     return IngestSummary(
         dataset=dataset,
         clips=len(clips),
