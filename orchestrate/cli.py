@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrate",
-        description="Distributed experiment orchestration for audio-visual emotion recognition on Ray.",
+        description="Experiment orchestration for audio-visual emotion recognition on Ray.",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -50,21 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(command=cmd_synth)
 
     for name, helptext, command in (
-        ("ingest", "extract every requested feature of a dataset into the feature store", cmd_ingest),
-        ("sweep", "sweep every task variant from the store; ablation tables into MLflow", cmd_sweep),
+        (
+            "ingest",
+            "extract every requested feature of a dataset into the feature store",
+            cmd_ingest,
+        ),
+        (
+            "sweep",
+            "sweep every task variant from the store; ablation tables into MLflow",
+            cmd_sweep,
+        ),
         ("run", "ingest, sweep and report from one config", cmd_run),
     ):
         sub = commands.add_parser(name, help=helptext)
         _add_config_arguments(sub)
         sub.set_defaults(command=command)
 
-    demo = commands.add_parser("demo", help="run everything on a generated corpus with embedded defaults")
+    demo = commands.add_parser(
+        "demo", help="run everything on a generated corpus with embedded defaults"
+    )
     _add_config_arguments(demo, config_file=False)
     demo.add_argument("--actors", type=int, default=8, help="actors in the generated corpus")
     demo.add_argument("--clips-per-emotion", type=int, default=2)
     demo.set_defaults(command=cmd_demo)
 
-    train = commands.add_parser("train", help="train and evaluate one task configuration from the store")
+    train = commands.add_parser(
+        "train", help="train and evaluate one task configuration from the store"
+    )
     train.add_argument("task", help="task name (emodal, song, mitseas, wang)")
     train.add_argument("--variant", required=True)
     train.add_argument("--fold", default="all", help="a fold number (0-based) or 'all'")
@@ -75,17 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config_arguments(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
     if config_file:
-        parser.add_argument("--config", type=Path, help="run config YAML (default: embedded defaults)")
+        parser.add_argument(
+            "--config", type=Path, help="run config YAML (default: embedded defaults)"
+        )
     parser.add_argument("--workspace", help="workspace directory (default ./orchestrate-workspace)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def _config(args: argparse.Namespace, base: Path | None = None) -> RunConfig:
     overrides = list(args.overrides)
-    for flag, key in (("workspace", "workspace"), ("address", "ray.address"), ("tracking_uri", "tracking.uri")):
+    for flag, key in (
+        ("workspace", "workspace"),
+        ("address", "ray.address"),
+        ("tracking_uri", "tracking.uri"),
+    ):
         if getattr(args, flag, None):
             overrides.insert(0, f"{key}={getattr(args, flag)}")
     return load_config(getattr(args, "config", None) or base, overrides)
@@ -144,16 +164,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrate.corpus import synthesize_corpus
     from orchestrate.pipeline import print_tables, sweep
 
-    with resources.as_file(resources.files("orchestrate.configs").joinpath("demo.yaml")) as demo_file:
+    with resources.as_file(
+        resources.files("orchestrate.configs").joinpath("demo.yaml")
+    ) as demo_file:
         config = _config(args, base=demo_file)
     corpus = config.workspace_path / "corpus"
     if config.dataset.root is None:
         config.dataset.root = str(corpus)
     stamp = corpus / ".synth.json"
-    wanted = {"actors": args.actors, "clips_per_emotion": args.clips_per_emotion, "seed": config.seed}
+    wanted = {
+        "actors": args.actors,
+        "clips_per_emotion": args.clips_per_emotion,
+        "seed": config.seed,
+    }
     if not stamp.is_file() or json.loads(stamp.read_text()) != wanted:
         print(f"[1/3] generating the demo corpus in {corpus}", flush=True)
-        synthesize_corpus(corpus, args.actors, args.clips_per_emotion, config.seed, progress=not args.quiet)
+        synthesize_corpus(
+            corpus, args.actors, args.clips_per_emotion, config.seed, progress=not args.quiet
+        )
         stamp.write_text(json.dumps(wanted))
     else:
         print(f"[1/3] demo corpus already in {corpus}", flush=True)
@@ -188,13 +216,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not 0 <= index < len(folds):
             raise ValueError(f"--fold {index}: {protocol} gives folds 0..{len(folds) - 1}")
         folds = [folds[index]]
-    print(f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(folds)} fold(s)"
-          + (f", {len(left_out)} clips left out" if left_out else ""))
+    print(
+        f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(folds)} fold(s)"
+        + (f", {len(left_out)} clips left out" if left_out else "")
+    )
     for result in cross_validate(task, task_settings, args.variant, features, folds, config.seed):
         summary = result.summary()
         print(
             f"epoch {result.epoch:3d}  loss {summary['train_loss']:.4f}  "
-            + "  ".join(f"{m} {summary[m]:.3f}±{summary[m + '_std']:.3f}" for m in ("accuracy", "uar", "macro_f1"))
+            + "  ".join(
+                f"{m} {summary[m]:.3f}±{summary[m + '_std']:.3f}"
+                for m in ("accuracy", "uar", "macro_f1")
+            )
         )
     return 0
 

@@ -147,7 +147,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one ``dotted.key=value`` override (value parsed as YAML) to a raw config dict."""
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {override!r} must look like key=value (e.g. sweep.num_samples=4)")
+        raise ConfigError(
+            f"override {override!r} must look like key=value (e.g. sweep.num_samples=4)"
+        )
     try:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
@@ -232,7 +234,9 @@ def validate(config: RunConfig) -> None:
     from tasks import TASKS
 
     if config.dataset.name not in DATASETS:
-        raise ConfigError(f"dataset.name: {config.dataset.name!r} is not one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"dataset.name: {config.dataset.name!r} is not one of {', '.join(DATASETS)}"
+        )
     for name in config.ingest.extractors:
         if name not in EXTRACTORS:
             raise ConfigError(
@@ -258,7 +262,8 @@ def validate(config: RunConfig) -> None:
     allowed_protocols = ("paper", *PROTOCOLS)
     if config.sweep.protocol not in allowed_protocols:
         raise ConfigError(
-            f"sweep.protocol: {config.sweep.protocol!r} is not one of {', '.join(allowed_protocols)}"
+            f"sweep.protocol: {config.sweep.protocol!r} is not one of "
+            + ", ".join(allowed_protocols)
         )
     for name in ("folds", "num_samples", "max_concurrent"):
         if getattr(config.sweep, name) < 1:

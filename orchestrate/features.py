@@ -78,17 +78,23 @@ def feature_source(config: RunConfig, task: ModuleType, variant: str) -> Feature
     from orchestrate.stages.ingest import SFEW_TABLE_KEY, extractor_key
 
     if variant not in task.VARIANTS:
-        raise ValueError(f"{task.NAME} has no variant {variant!r} (allowed: {', '.join(task.VARIANTS)})")
+        raise ValueError(
+            f"{task.NAME} has no variant {variant!r} (allowed: {', '.join(task.VARIANTS)})"
+        )
     columns = tuple(task.VARIANTS[variant])
     keys: dict[str, ExtractorKey] = {}
     for column in columns:
         name = column.split(".", 1)[0]
         if config.dataset.name == "sfew-table":
             if name != SFEW_TABLE_KEY.name:
-                raise ValueError(f"the SFEW table holds only {SFEW_TABLE_KEY.name} features, not {name}")
+                raise ValueError(
+                    f"the SFEW table holds only {SFEW_TABLE_KEY.name} features, not {name}"
+                )
             keys[name] = SFEW_TABLE_KEY
         else:
-            keys[name] = extractor_key(build_extractor(name, config.ingest.extractors.get(name, {})))
+            keys[name] = extractor_key(
+                build_extractor(name, config.ingest.extractors.get(name, {}))
+            )
     if config.dataset.root is None:
         raise ValueError("dataset.root: give the dataset the features were ingested from")
     return FeatureSource(

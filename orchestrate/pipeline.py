@@ -43,8 +43,14 @@ def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
         task = TASKS[run.name]
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{run.name} sweep") as parent:
             mlflow.set_tags({"task": run.name, "dataset": config.dataset.name, "seed": config.seed})
-            mlflow.log_params({"dataset": config.dataset.name, "protocol": config.sweep.protocol,
-                               "num_samples": config.sweep.num_samples, "seed": config.seed})
+            mlflow.log_params(
+                {
+                    "dataset": config.dataset.name,
+                    "protocol": config.sweep.protocol,
+                    "num_samples": config.sweep.num_samples,
+                    "seed": config.seed,
+                }
+            )
             mlflow.log_text(dump_config(config), "config.yaml")
             extractor_params = config.ingest.extractors
             if extractor_params:

@@ -73,7 +73,9 @@ def load_search_space(task: str, text: str | None = None) -> SearchSpace:
         raise SearchSpaceError(f"{where}: must be a mapping with task, metric, mode, params")
     unknown = set(raw) - {"task", "metric", "mode", "params"}
     if unknown:
-        raise SearchSpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: task, metric, mode, params)")
+        raise SearchSpaceError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: task, metric, mode, params)"
+        )
     if raw.get("task") != task:
         raise SearchSpaceError(f"{where}: task is {raw.get('task')!r}, expected {task!r}")
     metric, mode = raw.get("metric", "uar"), raw.get("mode", "max")

@@ -96,7 +96,11 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, n_classes: int) -> M
     every_class = list(range(n_classes))
     return Metrics(
         accuracy=float(accuracy_score(labels, predicted)),
-        uar=float(recall_score(labels, predicted, labels=every_class, average="macro", zero_division=0)),
-        macro_f1=float(f1_score(labels, predicted, labels=every_class, average="macro", zero_division=0)),
+        uar=float(
+            recall_score(labels, predicted, labels=every_class, average="macro", zero_division=0)
+        ),
+        macro_f1=float(
+            f1_score(labels, predicted, labels=every_class, average="macro", zero_division=0)
+        ),
         confusion=confusion_matrix(labels, predicted, labels=every_class),
     )

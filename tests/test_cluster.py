@@ -63,9 +63,10 @@ def ingest_command(corpus: Path, workspace: Path) -> str:
 
 
 def extractor_rows(workspace: Path, extractor: str) -> list[dict]:
-    """Every feature row one extractor wrote into the workspace's local feature store."""
-    directories = sorted((workspace / "features").rglob(f"{extractor}/v*"))
-    assert directories, f"no {extractor} directory under {workspace / 'features'}"
+    """Every feature row one extractor wrote into the workspace's (default, local) store."""
+    store = Path(load_config(None, [f"workspace={workspace}"]).store_uri)
+    directories = sorted(store.glob(f"features/{extractor}/v*"))
+    assert directories, f"no features/{extractor}/v* under {store}"
     assert len(directories) == 1, f"one parameter set expected, found {directories}"
     return pds.dataset(directories[0], format="parquet").to_table().to_pylist()
 

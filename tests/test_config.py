@@ -39,13 +39,19 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         (["sweep.num_sample=3"], "sweep.num_sample: unknown key"),
         (["sweep.num_samples=many"], "sweep.num_samples: must be int"),
         (["sweep.num_samples=0"], "sweep.num_samples: must be at least 1"),
-        (["dataset.name=mnist"], "dataset.name: 'mnist' is not one of ravdess, crema-d, sfew-table"),
+        (
+            ["dataset.name=mnist"],
+            "dataset.name: 'mnist' is not one of ravdess, crema-d, sfew-table",
+        ),
         (["sweep.protocol=leave-one-out"], "sweep.protocol: 'leave-one-out' is not one of"),
         (["ingest.extractors.vgg19={}"], "ingest.extractors.vgg19: unknown extractor"),
         (["ingest.max_failure_ratio=2"], "ingest.max_failure_ratio: must be between 0 and 1"),
         (["tasks=[{name: bert}]"], "tasks.0.name: 'bert' is not one of"),
         (["tasks=[{name: song, variants: [text]}]"], "tasks.0.variants: 'text' is not one of"),
-        (["tasks=[{name: wang, config: {dropout_rate: 0.1}}]"], "tasks.0.config.dropout_rate: unknown knob"),
+        (
+            ["tasks=[{name: wang, config: {dropout_rate: 0.1}}]"],
+            "tasks.0.config.dropout_rate: unknown knob",
+        ),
         (["sweep"], "override 'sweep' must look like key=value"),
         (["seed=true"], "seed: must be int"),
     ],
@@ -66,7 +72,9 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
-def test_cli_stops_on_config_error_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_stops_on_config_error_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     workspace = tmp_path / "ws"
     status = main(["ingest", "--workspace", str(workspace), "sweep.folds=1"])
     assert status == 2

@@ -20,7 +20,10 @@ from orchestrate.store import FeatureStore
 from tasks import TASKS
 
 AV_CLIP = "01-01-01-01-01-01-01.mp4"  # the real full-AV RAVDESS clip (actor 01, neutral)
-EXTRACTORS = "{emodal_face: {}, emodal_audio: {}, song_mfcc: {}, song_vgg16: {weights: random}, wang_texture: {}}"
+EXTRACTORS = (
+    "{emodal_face: {}, emodal_audio: {}, song_mfcc: {}, song_vgg16: {weights: random},"
+    " wang_texture: {}}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,9 @@ def _config(tmp_path: Path, root: Path, *overrides: str) -> RunConfig:
 
 
 def _files(store_dir: Path) -> set[str]:
-    return {str(p.relative_to(store_dir)) for p in store_dir.rglob("*.parquet") if "features" in p.parts}
+    return {
+        str(p.relative_to(store_dir)) for p in store_dir.rglob("*.parquet") if "features" in p.parts
+    }
 
 
 def test_ingest_caches_and_reports_bad_clips(shared_data: Path, tmp_path: Path, local_ray) -> None:
@@ -93,16 +98,28 @@ def test_ingest_caches_and_reports_bad_clips(shared_data: Path, tmp_path: Path, 
 
     store_dir = Path(config.store_uri)
     store = FeatureStore(config.store_uri)
-    rows = pds.dataset(next(store_dir.glob("features/emodal_audio/*")), format="parquet").to_table().to_pandas()
+    rows = (
+        pds.dataset(next(store_dir.glob("features/emodal_audio/*")), format="parquet")
+        .to_table()
+        .to_pandas()
+    )
     assert sorted(rows["status"]) == ["failed"] * 3 + ["ok"] * 5
     ok = rows[rows["status"] == "ok"]
     assert all(len(features) == 68 and np.isfinite(features).all() for features in ok["features"])
     assert set(ok["label"]) == {"neutral", "happy", "sad"}
 
     # The real AV clip's VGG16 sequence went through the actor pool.
-    vgg = pds.dataset(next(store_dir.glob("features/song_vgg16/*")), format="parquet").to_table().to_pandas()
+    vgg = (
+        pds.dataset(next(store_dir.glob("features/song_vgg16/*")), format="parquet")
+        .to_table()
+        .to_pandas()
+    )
     av_row = vgg[vgg["clip_id"] == "01-01-01-01-01-01-01"].iloc[0]
-    assert av_row["status"] == "ok" and av_row["features__shape"][1] == 512 and av_row["features__shape"][0] >= 20
+    assert (
+        av_row["status"] == "ok"
+        and av_row["features__shape"][1] == 512
+        and av_row["features__shape"][0] >= 20
+    )
 
     # Warm: nothing is computed again.
     before = _files(store_dir)
@@ -116,7 +133,9 @@ def test_ingest_caches_and_reports_bad_clips(shared_data: Path, tmp_path: Path, 
     new_files = after - before
     assert summary.computed == 8  # every clip has an audio URI: song_mfcc runs on each
     assert new_files and all(path.startswith("features/song_mfcc/") for path in new_files)
-    assert len({Path(path).parent for path in new_files} - {Path(path).parent for path in before}) == 1
+    assert (
+        len({Path(path).parent for path in new_files} - {Path(path).parent for path in before}) == 1
+    )
     mfcc = feature_source(changed, TASKS["song"], "audio").load()[0]
     assert {array.shape[1] for array in mfcc.columns["song_mfcc.mfcc"]} == {20}
 
@@ -131,7 +150,9 @@ def test_ingest_caches_and_reports_bad_clips(shared_data: Path, tmp_path: Path, 
     assert len(manifest) == 8
 
 
-def test_ingest_cli_exit_status_follows_the_failure_ratio(shared_data: Path, tmp_path: Path) -> None:
+def test_ingest_cli_exit_status_follows_the_failure_ratio(
+    shared_data: Path, tmp_path: Path
+) -> None:
     root = _corpus(shared_data, tmp_path / "clips")
     command = [
         sys.executable,
@@ -144,10 +165,14 @@ def test_ingest_cli_exit_status_follows_the_failure_ratio(shared_data: Path, tmp
         f"dataset.root={root}",
         "ingest.extractors={emodal_audio: {}, emodal_face: {}}",
     ]
-    strict = subprocess.run([*command, "ingest.max_failure_ratio=0.2"], capture_output=True, text=True)
+    strict = subprocess.run(
+        [*command, "ingest.max_failure_ratio=0.2"], capture_output=True, text=True
+    )
     assert strict.returncode == 1, strict.stderr[-2000:]
     assert "failed: 3" in strict.stdout
     assert "above ingest.max_failure_ratio=20%" in strict.stderr
-    lenient = subprocess.run([*command, "ingest.max_failure_ratio=0.5"], capture_output=True, text=True)
+    lenient = subprocess.run(
+        [*command, "ingest.max_failure_ratio=0.5"], capture_output=True, text=True
+    )
     assert lenient.returncode == 0, lenient.stderr[-2000:]
     assert "8 clips, 0 computed, 8 from cache" in lenient.stdout

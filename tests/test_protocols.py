@@ -36,7 +36,7 @@ def test_actor_protocols_never_share_an_actor(protocol: str) -> None:
 
 def test_stratified_protocols_and_seeds() -> None:
     actors, labels = _clips(4)
-    (train, test), = make_folds("random-80-20", actors, labels, 5, seed=0)
+    ((train, test),) = make_folds("random-80-20", actors, labels, 5, seed=0)
     assert abs(len(test) - 0.2 * len(labels)) <= 1 and not set(train) & set(test)
     folds = make_folds("stratified-10fold", actors, labels, 5, seed=0)
     assert len(folds) == 8  # capped by the smallest class (8 clips)

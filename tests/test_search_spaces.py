@@ -35,7 +35,10 @@ def test_spec_knobs_are_searched() -> None:
     [
         ("task: song\nparams: {lr: {type: normal, low: 0, high: 1}}", "needs type, one of"),
         ("task: song\nparams: {lr: {type: uniform, low: 1, high: 0}}", "low must be below high"),
-        ("task: song\nparams: {lr: {type: loguniform, low: 0, high: 1}}", "loguniform needs low > 0"),
+        (
+            "task: song\nparams: {lr: {type: loguniform, low: 0, high: 1}}",
+            "loguniform needs low > 0",
+        ),
         ("task: song\nparams: {warp_drive: {type: choice, values: [1]}}", "not a knob of song"),
         ("task: song\nparams: {lr: {type: choice, values: []}}", "values must be a non-empty list"),
         ("task: song\nmetric: loss\nparams: {}", "metric 'loss' is not one of"),

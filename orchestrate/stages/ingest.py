@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -87,7 +88,7 @@ class IngestSummary:
             out.append(f"    ... and {len(self.failed_clips) - 20} more")
         if self.rejected_files:
             out.append(f"  files not understood as clips: {len(self.rejected_files)}")
-            for uri, reason in self.rejected_files[:20]:
+            for _, reason in self.rejected_files[:20]:
                 out.append(f"    {reason}")
         return out
 
@@ -126,7 +127,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
 
     started = time.perf_counter()
     listing = list_clips(config.dataset.name, config.dataset.root, config.storage_options)
-    extractors = [build_extractor(name, params) for name, params in requested_extractors(config).items()]
+    extractors = [
+        build_extractor(name, params) for name, params in requested_extractors(config).items()
+    ]
     rejected = [(r.uri, r.reason) for r in listing.rejected]
     if not listing.clips:
         return IngestSummary(config.dataset.name, 0, 0, 0, 0, rejected_files=rejected)
@@ -135,7 +138,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     store.write_manifest(config.dataset.name, config.dataset.root, clips)
 
     # The work: for every clip, the extractors whose cache key has no row yet.
-    cached = {extractor.name: store.cached_hashes(extractor_key(extractor)) for extractor in extractors}
+    cached = {
+        extractor.name: store.cached_hashes(extractor_key(extractor)) for extractor in extractors
+    }
     work = []
     for row in clips.to_dict("records"):
         # An audio-only clip has no video extractors to run (and vice versa): not a failure.
@@ -215,7 +220,11 @@ def _extract(
         key = extractor_key(extractor)
         rows = dataset.map_batches(
             to_store_rows,
-            fn_kwargs={"extractor": extractor.name, "key": key, "outputs": tuple(extractor.outputs)},
+            fn_kwargs={
+                "extractor": extractor.name,
+                "key": key,
+                "outputs": tuple(extractor.outputs),
+            },
             batch_format="pandas",
         )
         rows.write_parquet(store.path(key.directory), filesystem=store.filesystem)
@@ -239,19 +248,29 @@ def extract_one_clip(
     missing = [e for e in extractors if e.name in row["missing"]]
     media: dict[str, Any] = {}
     decode_error: dict[str, str] = {}
-    for modality in ("video", "audio"):
-        if not any(e.modality == modality for e in missing):
-            continue
-        try:
-            media[modality] = decode_clip(
-                clip,
-                need_video=modality == "video",
-                need_audio=modality == "audio",
-                detector=HaarFaceDetector(detect_width=face_detect_width),
-                storage_options=storage_options,
-            )
-        except ExtractionError as error:
-            decode_error[modality] = str(error)
+    modalities = [m for m in ("video", "audio") if any(e.modality == m for e in missing)]
+    detector = HaarFaceDetector(detect_width=face_detect_width)
+
+    def decode(*wanted: str) -> Any:
+        return decode_clip(
+            clip,
+            need_video="video" in wanted,
+            need_audio="audio" in wanted,
+            detector=detector,
+            storage_options=storage_options,
+        )
+
+    try:
+        # One pass (and, for S3, one download) when the clip decodes cleanly...
+        both = decode(*modalities)
+        media = {modality: both for modality in modalities}
+    except ExtractionError:
+        # ...else decode each modality alone, so a missing audio stream spares the faces.
+        for modality in modalities:
+            try:
+                media[modality] = decode(modality)
+            except ExtractionError as error:
+                decode_error[modality] = str(error)
 
     out = {name: row[name] for name in CLIP_COLUMNS}
     for extractor in extractors:
@@ -308,11 +327,17 @@ def to_store_rows(
         columns[name] = [row[name] for row in encoded]
         columns[name + SHAPE_SUFFIX] = [row[name + SHAPE_SUFFIX] for row in encoded]
     schema = pa.schema(
-        [(name, pa.string()) for name in (*CLIP_COLUMNS, "extractor", "version", "param_hash", "status", "reason")]
+        [
+            (name, pa.string())
+            for name in (*CLIP_COLUMNS, "extractor", "version", "param_hash", "status", "reason")
+        ]
         + [
             field
             for name in outputs
-            for field in ((name, pa.list_(pa.float32())), (name + SHAPE_SUFFIX, pa.list_(pa.int32())))
+            for field in (
+                (name, pa.list_(pa.float32())),
+                (name + SHAPE_SUFFIX, pa.list_(pa.int32())),
+            )
         ]
     )
     return pa.Table.from_pydict(columns, schema=schema)
@@ -348,11 +373,19 @@ def _summarise(
         for content, reason in zip(failed["content_hash"], failed["reason"], strict=True):
             reasons.setdefault(content, {}).setdefault(reason, []).append(extractor.name)
     failed_clips = [
-        (clip_id, "; ".join(f"{reason} ({', '.join(names)})" for reason, names in reasons[content].items()))
+        (
+            clip_id,
+            "; ".join(
+                f"{reason} ({', '.join(names)})" for reason, names in reasons[content].items()
+            ),
+        )
         for clip_id, content in zip(clips["clip_id"], clips["content_hash"], strict=True)
         if content in reasons
     ]
-    by_reason = Counter(reason for by_text in reasons.values() for reason in by_text)
+    # "no face in any of 15 frames" and "... of 99 frames" are one reason in the counts.
+    by_reason = Counter(
+        re.sub(r"\d+", "N", reason) for by_text in reasons.values() for reason in by_text
+    )
     return IngestSummary(
         dataset=dataset,
         clips=len(clips),

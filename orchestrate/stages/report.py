@@ -52,7 +52,9 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
             row[metric] = round(mean, 4)
             row[f"{metric}_std"] = round(std, 4)
         paper = [p for p in task.PAPER_RESULTS if p.variant == result.variant]
-        row["paper"] = "; ".join(f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper)
+        row["paper"] = "; ".join(
+            f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper
+        )
         row["paper_protocol"] = "; ".join(dict.fromkeys(p.protocol for p in paper))
         row["protocol"] = result.protocol
         row["folds"] = len(result.fold_metrics)
@@ -64,7 +66,13 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
 
 def table_markdown(table: pd.DataFrame) -> str:
     """The ablation table as Markdown: mean ± std cells, the paper's numbers beside them."""
-    header = ["variant", *(METRIC_NAMES[m] for m in METRICS), "paper", "paper protocol", "our protocol"]
+    header = [
+        "variant",
+        *(METRIC_NAMES[m] for m in METRICS),
+        "paper",
+        "paper protocol",
+        "our protocol",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
         cells = [
@@ -89,7 +97,14 @@ def ablation_figure(task_name: str, table: pd.DataFrame, metric: str = "uar") ->
     """Bars: our mean ± std per variant for ``metric``; the paper's numbers as markers."""
     figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(table), 3.2))
     positions = np.arange(len(table))
-    axis.bar(positions, table[metric], yerr=table[f"{metric}_std"], capsize=4, color="#4C78A8", label="ours")
+    axis.bar(
+        positions,
+        table[metric],
+        yerr=table[f"{metric}_std"],
+        capsize=4,
+        color="#4C78A8",
+        label="ours",
+    )
     axis.set_xticks(positions, table["variant"])
     axis.set_ylim(0, 1)
     axis.set_ylabel(METRIC_NAMES[metric])
@@ -98,7 +113,9 @@ def ablation_figure(task_name: str, table: pd.DataFrame, metric: str = "uar") ->
     return figure
 
 
-def confusion_figure(title: str, confusion: list[list[int]], classes: tuple[str, ...]) -> plt.Figure:
+def confusion_figure(
+    title: str, confusion: list[list[int]], classes: tuple[str, ...]
+) -> plt.Figure:
     matrix = np.asarray(confusion)
     figure, axis = plt.subplots(figsize=(1.2 + 0.55 * len(classes), 1.0 + 0.5 * len(classes)))
     axis.imshow(matrix, cmap="Blues")
@@ -124,7 +141,9 @@ def log_task_report(
     client = MlflowClient()
     client.log_table(parent_run_id, data=table, artifact_file=f"ablation/{task.NAME}.json")
     client.log_text(parent_run_id, markdown, f"ablation/{task.NAME}.md")
-    client.log_text(parent_run_id, table_html(f"{task.NAME} ablation", table), f"ablation/{task.NAME}.html")
+    client.log_text(
+        parent_run_id, table_html(f"{task.NAME} ablation", table), f"ablation/{task.NAME}.html"
+    )
     figure = ablation_figure(task.NAME, table)
     client.log_figure(parent_run_id, figure, f"ablation/{task.NAME}.png")
     plt.close(figure)
@@ -133,7 +152,9 @@ def log_task_report(
             client.log_metric(parent_run_id, f"{row['variant']}.{metric}", row[metric])
             client.log_metric(parent_run_id, f"{row['variant']}.{metric}_std", row[f"{metric}_std"])
     for result in results:
-        client.log_text(parent_run_id, yaml.safe_dump(result.best_config), f"best/{result.variant}.yaml")
+        client.log_text(
+            parent_run_id, yaml.safe_dump(result.best_config), f"best/{result.variant}.yaml"
+        )
         figure = confusion_figure(f"{task.NAME} {result.variant}", result.confusion, task.CLASSES)
         client.log_figure(parent_run_id, figure, f"confusion/{result.variant}.png")
         plt.close(figure)
@@ -145,7 +166,9 @@ def log_task_report(
     return table
 
 
-def _log_trial_confusions(client: MlflowClient, task: ModuleType, result: VariantResult, parent_run_id: str) -> None:
+def _log_trial_confusions(
+    client: MlflowClient, task: ModuleType, result: VariantResult, parent_run_id: str
+) -> None:
     """Each finished trial's confusion matrix, on its own nested run."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     for trial_id, metrics in result.trial_runs:
@@ -153,11 +176,16 @@ def _log_trial_confusions(client: MlflowClient, task: ModuleType, result: Varian
             continue
         runs = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.trial_name LIKE '%{trial_id}'",
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                f"and tags.trial_name LIKE '%{trial_id}'"
+            ),
             max_results=1,
         )
         if runs:
-            figure = confusion_figure(f"trial {trial_id}", _json(metrics["confusion"]), task.CLASSES)
+            figure = confusion_figure(
+                f"trial {trial_id}", _json(metrics["confusion"]), task.CLASSES
+            )
             client.log_figure(runs[0].info.run_id, figure, "confusion_matrix.png")
             plt.close(figure)
 
@@ -174,9 +202,17 @@ def _log_optuna_plots(client: MlflowClient, result: VariantResult, parent_run_id
         try:
             figure = plot(study)
         except (ValueError, RuntimeError) as error:  # e.g. importances need ≥2 varied params
-            client.log_text(parent_run_id, f"{name}: not drawn ({error})\n", f"optuna/{result.variant}-{name}.txt")
+            client.log_text(
+                parent_run_id,
+                f"{name}: not drawn ({error})\n",
+                f"optuna/{result.variant}-{name}.txt",
+            )
             continue
-        client.log_text(parent_run_id, figure.to_html(include_plotlyjs="cdn"), f"optuna/{result.variant}-{name}.html")
+        client.log_text(
+            parent_run_id,
+            figure.to_html(include_plotlyjs="cdn"),
+            f"optuna/{result.variant}-{name}.html",
+        )
 
 
 def _json(value: str) -> list[list[int]]:

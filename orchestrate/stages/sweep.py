@@ -68,7 +68,9 @@ def cross_validate(
             evaluate(test.labels, trainer.predict_proba(test), n_classes)
             for trainer, (_, test) in zip(trainers, splits, strict=True)
         ]
-        yield EpochResult(epoch, fold_metrics, float(np.nanmean(losses)) if losses else float("nan"))
+        yield EpochResult(
+            epoch, fold_metrics, float(np.nanmean(losses)) if losses else float("nan")
+        )
 
 
 def train_trial(
@@ -86,9 +88,7 @@ def train_trial(
     for result in results:
         report = result.summary()
         if result.epoch == int(config["epochs"]):
-            report["confusion"] = json.dumps(
-                sum(m.confusion for m in result.fold_metrics).tolist()
-            )
+            report["confusion"] = json.dumps(sum(m.confusion for m in result.fold_metrics).tolist())
             report["fold_metrics"] = json.dumps([m.as_dict() for m in result.fold_metrics])
         tune.report(report)
 
@@ -150,7 +150,11 @@ def sweep_variant(
     storage = optuna.storages.InMemoryStorage()
     study_name = f"{task_name}-{variant}"
     searcher = OptunaSearch(
-        metric=space.metric, mode=space.mode, seed=config.seed, storage=storage, study_name=study_name
+        metric=space.metric,
+        mode=space.mode,
+        seed=config.seed,
+        storage=storage,
+        study_name=study_name,
     )
     epochs = int(base["epochs"])
     scheduler = (
@@ -166,7 +170,12 @@ def sweep_variant(
     )
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial, task_name=task_name, variant=variant, source=source, folds=folds, seed=config.seed
+            train_trial,
+            task_name=task_name,
+            variant=variant,
+            source=source,
+            folds=folds,
+            seed=config.seed,
         ),
         {"cpu": config.sweep.cpus_per_trial},
     )
@@ -201,7 +210,9 @@ def sweep_variant(
     if best.error or best.metrics is None or "fold_metrics" not in best.metrics:
         # ASHA stopped every trial before its last epoch: re-run the best config to the end.
         best_config = best.config
-        fold_metrics, confusion = _final_folds(task, best_config, variant, features, folds, config.seed)
+        fold_metrics, confusion = _final_folds(
+            task, best_config, variant, features, folds, config.seed
+        )
     else:
         best_config = best.config
         fold_metrics = json.loads(best.metrics["fold_metrics"])
@@ -239,8 +250,7 @@ def _final_folds(
     folds: list[Fold],
     seed: int,
 ) -> tuple[list[dict[str, float]], list[list[int]]]:
-    last: EpochResult | None = None
-    for last in cross_validate(task, config, variant, features, folds, seed):
-        pass
-    assert last is not None
-    return [m.as_dict() for m in last.fold_metrics], sum(m.confusion for m in last.fold_metrics).tolist()
+    *_, last = cross_validate(task, config, variant, features, folds, seed)
+    return [m.as_dict() for m in last.fold_metrics], sum(
+        m.confusion for m in last.fold_metrics
+    ).tolist()
