@@ -10,7 +10,8 @@ import pandas as pd
 import ray
 
 from orchestrate.config import RunConfig, dump_config
-from orchestrate.stages.ingest import IngestSummary, run_ingest
+from orchestrate.extractors import build_extractor
+from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
 from orchestrate.stages.report import ensure_experiment, log_task_report, table_markdown
 from orchestrate.stages.sweep import sweep_variant
 from tasks import TASKS
@@ -52,9 +53,16 @@ def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
                 }
             )
             mlflow.log_text(dump_config(config), "config.yaml")
-            extractor_params = config.ingest.extractors
-            if extractor_params:
-                mlflow.log_dict(extractor_params, "extractors.json")
+            # The resolved parameters (weights sources and digests included): a run on
+            # random VGG16 or FER weights says so here, as the stored rows do.
+            resolved = {
+                name: build_extractor(name, params).params
+                for name, params in requested_extractors(config).items()
+            }
+            mlflow.log_dict(resolved, "extractors.json")
+            mlflow.set_tags(
+                {f"extractor.{name}": _weights_note(params) for name, params in resolved.items()}
+            )
             results = [
                 sweep_variant(config, run.name, variant, run.config, parent.info.run_id, progress)
                 for variant in run.variants or task.VARIANTS
@@ -68,3 +76,9 @@ def print_tables(tables: dict[str, pd.DataFrame]) -> None:
     for name, table in tables.items():
         print(f"\n## {name}\n")
         print(table_markdown(table))
+
+
+def _weights_note(params: dict) -> str:
+    """A short tag naming where an extractor's network weights came from (if it has any)."""
+    source = params.get("weights_source") or params.get("model_path")
+    return f"weights: {source}" if source else "no network"

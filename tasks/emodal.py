@@ -414,7 +414,7 @@ def _audio(features: FeatureSet) -> np.ndarray:
 
 
 def _balanced_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Mini-batches of near-equal size (never a trailing batch of 1 when batch_size >= 4).
+    """Mini-batches of near-equal size: no trailing batch of 1 (for batch_size >= 4).
 
     Soft-HGR centres each batch: a batch of one clip carries no correlation signal.
     """

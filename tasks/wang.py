@@ -22,18 +22,23 @@ What the paper leaves open, and what this module does:
   split (Equation 1); test values may fall slightly outside [0, 1].
 - Hidden units are sigmoid: the paper's Table 1 activations all lie in (0, 1).
 - Angles: the paper's Table 2 is reproduced (to 0.1 degree) by the angle between the *raw*
-  activation vectors of its Table 1. Raw sigmoid activations are all positive, so every
-  angle lies in [0, 90) degrees and a 60-degree threshold prunes nearly every unit. Gedeon
-  & Harris instead centre activations at 0.5 first, so angles span 0-180 degrees and 90
-  means unrelated. ``activation_centre`` chooses: 0.5 (Gedeon & Harris, the default, so the
-  paper's 60-degree threshold removes only clearly redundant units) or 0.0 (the paper's
-  Table 2 arithmetic). Only the "similar" rule is applied (Gedeon & Harris also remove both
-  units of a near-180-degree, complementary pair; the paper does not mention it).
+  activation vectors of its Table 1. But raw sigmoid activations are all positive, so
+  their angles lie in [0, 90) and mostly near 0: after one epoch every unit's vector is
+  dominated by its constant offset, and a 60-degree threshold leaves one unit. Centring at
+  0.5 (Gedeon & Harris) leaves two (one per sign of the offset). ``activation_centring``
+  chooses ``raw`` (the paper's arithmetic), ``half`` (Gedeon & Harris) or ``mean`` (the
+  default: each unit's mean over the patterns is subtracted, so the angle is the arccosine
+  of the two units' correlation; an offset the output bias can absorb does not make units
+  alike). On the real SFEW table (PHOG, 16 units, 60 degrees, 5 folds) ``raw``, ``half``
+  and ``mean`` keep 1, 2 and about 5 units. Only the "similar" rule is applied (Gedeon &
+  Harris also remove both units of a near-180-degree, complementary pair; the paper does
+  not mention it).
 - Which unit of a pair goes: pairs are processed in increasing angle order and the
   higher-index unit is removed unless one of the pair is already gone, so the survivors are
   pairwise at least the threshold apart and unit 0 always survives. As in Gedeon & Harris,
   a removed unit's outgoing weights are added to its kept twin (the unit it was closest to
-  in that pair), so the rebuilt net computes nearly what the pruned one did.
+  in that pair), and the difference of their centres times those weights to the output
+  bias, so the rebuilt net computes nearly what the unpruned one did.
 - Algorithm 1's "repeat" is read as: prune once, after the first epoch, then train on (a
   fresh Adam state for the rebuilt net). Adam replaces the paper's unnamed PyTorch
   optimiser: plain SGD at lr 1e-4 barely moves in 200 epochs.
@@ -43,7 +48,9 @@ What the paper leaves open, and what this module does:
   + ReLU + MaxPool1d(2, ceil_mode) where the pool only applies while the length is above 1:
   5 -> 3 -> 2 -> 1 -> 1 -> 1. ``cnn_channels`` channels in every block. The branch output
   (``cnn_channels`` x final length) is flattened; branches are concatenated; FC 14 + ReLU;
-  FC 7. One-branch variants feed their single branch to the same head.
+  FC 7. One-branch variants feed their single branch to the same head. Weights start from
+  He initialisation: with PyTorch's default the signal fades through the seven ReLU layers
+  and Smooth L1 training stalls at the class prior.
 - Smooth L1 regresses the 7 outputs onto the one-hot target (the paper's "regression of the
   emotion representations"); ``predict_proba`` is the softmax of those outputs: its argmax is
   the regression's argmax, the values are not calibrated probabilities.

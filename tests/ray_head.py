@@ -62,7 +62,7 @@ def ray_cli() -> str:
 class RayHead:
     """A running head: where to reach it and the environment a job submitter needs."""
 
-    gcs_address: str  # host:port, for ray.init(address=...) / RAY_ADDRESS / --address
+    gcs_address: str  # host:port, for ray.init(address=...) / RAY_ADDRESS / ray start --address
     dashboard_url: str  # http://host:port, for `ray job submit --address`
     token: str
     temp_dir: Path  # Ray's --temp-dir: sessions, sockets, logs
@@ -147,6 +147,8 @@ def start_ray_head(base_dir: Path, num_cpus: int = 2) -> RayHead:
     # Token auth set explicitly on the head: Ray 2.60 would otherwise decide from whether
     # ~/.ray/auth_token happens to exist, and the submitter must match the head's mode.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    # Teardown comes after the tests' jobs ended: no 30 s node drain on SIGTERM.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # Job entrypoints run `python`/`orchestrate` from the head's PATH: the tests' interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [
@@ -194,6 +196,10 @@ def start_ray_head(base_dir: Path, num_cpus: int = 2) -> RayHead:
             problem = f"ray start --head exited with {process.returncode} before it was ready"
             break
         if _dashboard_up(head.dashboard_url) and _jobs_api_up(head):
+            # The GCS address Ray itself wrote for this session (its node IP may differ).
+            address_file = temp_dir / "ray_current_cluster"
+            if address_file.is_file():
+                head.gcs_address = address_file.read_text().strip()
             return head
         time.sleep(1.0)
     else:

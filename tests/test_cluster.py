@@ -62,6 +62,15 @@ def ingest_command(corpus: Path, workspace: Path) -> str:
     )
 
 
+def sweep_command(corpus: Path, workspace: Path, tracking_uri: str) -> str:
+    """The smallest real sweep: EMODal audio-only, one Optuna trial, one epoch, two folds."""
+    return orchestrate_command(
+        "sweep", "--workspace", workspace, "--tracking-uri", tracking_uri,
+        f"dataset.root={corpus}", EMODAL_EXTRACTORS, "tasks=[{name: emodal, variants: [audio]}]",
+        "sweep.num_samples=1", "sweep.max_epochs=1", "sweep.folds=2", "--quiet",
+    )  # fmt: skip
+
+
 def extractor_rows(workspace: Path, extractor: str) -> list[dict]:
     """Every feature row one extractor wrote into the workspace's (default, local) store."""
     store = Path(load_config(None, [f"workspace={workspace}"]).store_uri)
@@ -82,21 +91,18 @@ def test_submitter_without_the_token_is_refused(ray_head: RayHead) -> None:
     assert "no-token" not in {job.submission_id for job in client.list_jobs()}
 
 
-def test_job_submit_runs_orchestrate_on_the_head(ray_head: RayHead) -> None:
-    """The job's driver finds orchestrate on the head's Python and its CLI answers."""
-    logs = submit(ray_head, "orchestrate-help", [orchestrate_command("--help")], SUBMIT_TIMEOUT_S)
-    for command in ("synth", "ingest", "sweep", "run", "demo"):
-        assert command in logs, logs
-
-
-def test_job_driver_joins_the_cluster_with_the_token(ray_head: RayHead) -> None:
-    """A job's driver imports every package a sweep needs from outside the checkout, and its
-    ray.init() joins the head via RAY_ADDRESS with the head's token (as orchestrate does)."""
-    code = (
+def test_job_runs_orchestrate_and_joins_the_cluster_with_the_token(ray_head: RayHead) -> None:
+    """The job's driver finds orchestrate (and every package a sweep imports) on the head's
+    Python outside the checkout, and its ray.init() joins the head through RAY_ADDRESS with
+    the token it inherited from the head, as orchestrate's own drivers do."""
+    join = (
         "import orchestrate.cli, tasks, search_spaces, ray; ray.init(); "
         "print('cluster CPUs', int(ray.cluster_resources()['CPU']))"
     )
-    logs = submit(ray_head, "driver-joins", [shlex.join(["python", "-c", code])], SUBMIT_TIMEOUT_S)
+    commands = [orchestrate_command("--help"), shlex.join(["python", "-c", join])]
+    logs = submit(ray_head, "orchestrate-on-the-head", commands, SUBMIT_TIMEOUT_S)
+    for command in ("synth", "ingest", "sweep", "run", "demo"):
+        assert command in logs, logs
     assert "cluster CPUs 2" in logs, logs
 
 
@@ -145,20 +151,7 @@ def test_sweep_job_logs_to_mlflow_server(
         [
             orchestrate_command("synth", "--out", corpus, "--actors", 2, "--clips-per-emotion", 1),
             ingest_command(corpus, workspace),
-            orchestrate_command(
-                "sweep",
-                "--workspace",
-                workspace,
-                "--tracking-uri",
-                mlflow_server.uri,
-                f"dataset.root={corpus}",
-                EMODAL_EXTRACTORS,
-                "tasks=[{name: emodal, variants: [audio]}]",
-                "sweep.num_samples=1",
-                "sweep.max_epochs=1",
-                "sweep.folds=2",
-                "--quiet",
-            ),  # fmt: skip
+            sweep_command(corpus, workspace, mlflow_server.uri),
         ],
         PIPELINE_TIMEOUT_S,
     )

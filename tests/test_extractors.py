@@ -126,6 +126,66 @@ def test_params_change_the_cache_key(shared_data: Path, tmp_path: Path) -> None:
         build_extractor("mitseas_fer", before.params)
 
 
+def test_fer_random_model_is_resolved_into_the_params(tmp_path: Path) -> None:
+    from orchestrate.extractors.fer_cnn import FerCnn
+
+    random = build_extractor("mitseas_fer", {"model_path": "random"})
+    assert random.params["model_path"] == "random"
+    # The digest pins the seeded weights: a change in how they are drawn is a new key.
+    assert random.params["model_digest"] == FerCnn.random(seed=0, device="cpu").source_sha256
+    assert build_extractor("mitseas_fer", random.params).params == random.params
+    with pytest.raises(ValueError, match=r"mitseas_fer\.model_digest: random changed"):
+        build_extractor("mitseas_fer", {**random.params, "model_digest": "0" * 64})
+    # A file model (only hashed here) is another cache key.
+    model = tmp_path / "fer.hdf5"
+    model.write_bytes(b"a Keras HDF5 file")
+    from_file = build_extractor("mitseas_fer", {"model_path": str(model)})
+    assert from_file.params["model_path"] == str(model.resolve())
+    assert param_hash(from_file.params) != param_hash(random.params)
+    # A missing path or file stays an error, naming the way out.
+    with pytest.raises(ValueError, match=r"mitseas_fer\.model_path: required .*\"random\""):
+        build_extractor("mitseas_fer", {"face_size": 64})
+    with pytest.raises(ValueError, match=r"mitseas_fer\.model_path: no such file .*random"):
+        build_extractor("mitseas_fer", {"model_path": str(tmp_path / "missing.hdf5")})
+
+
+def test_fer_random_model_embeds_face_crops() -> None:
+    from orchestrate.extractors.mitseas import FerClipEmbedder
+    from orchestrate.extractors.vgg16 import WeightsError
+
+    extractor = build_extractor("mitseas_fer", {"model_path": "random"})
+    rng = np.random.default_rng(0)
+    # What ``extract`` gives: 64x64 grayscale faces, as many as frames with a face.
+    clips = [
+        {
+            "faces": np.stack(
+                [
+                    cv2.GaussianBlur(face, (7, 7), 0)
+                    for face in rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
+                ]
+            ),
+            "frames_with_face": np.array(n),
+        }
+        for n in (5, 3)
+    ]
+    embed = extractor.make_embedder()
+    outputs = embed(clips)
+    assert len(outputs) == 2
+    for clip_in, clip_out in zip(clips, outputs, strict=True):
+        assert set(clip_out) == set(extractor.outputs)
+        probabilities = clip_out["probabilities"]
+        assert probabilities.shape == (7,) and probabilities.dtype == np.float32
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5) and probabilities.min() > 0
+        assert int(clip_out["frames_with_face"]) == len(clip_in["faces"])
+    assert np.abs(outputs[0]["probabilities"] - outputs[1]["probabilities"]).sum() > 1e-4
+    np.testing.assert_allclose(
+        embed([clips[1]])[0]["probabilities"], outputs[1]["probabilities"], atol=1e-6
+    )
+    # An actor whose model is not the one the extractor was built with refuses to embed.
+    with pytest.raises(WeightsError, match=r"FER model random has sha256 .*not the 000000"):
+        FerClipEmbedder("random", device="cpu", model_digest="0" * 64)(clips)
+
+
 def test_vgg16_weight_source_is_resolved_into_the_params(tmp_path: Path) -> None:
     random = build_extractor("song_vgg16", {"weights": "random"})
     assert random.params["weights_source"] == "random"
@@ -372,3 +432,14 @@ def test_fer_embedder_end_to_end(ravdess: ClipMedia, crema: ClipMedia, all_extra
 
     assert FER2013_CLASSES[int(outputs[0]["probabilities"].argmax())] == "neutral"
     assert FER2013_CLASSES[int(outputs[1]["probabilities"].argmax())] == "happy"
+
+
+def test_fer_random_model_on_a_real_clip(ravdess: ClipMedia) -> None:
+    # The demo's setting: a real clip's faces through the random network.
+    random = build_extractor("mitseas_fer", {"model_path": "random"})
+    clip = random.extract(ravdess)
+    assert clip["faces"].shape == (ravdess.faces.frames_with_face, 64, 64)
+    (output,) = random.make_embedder()([clip])
+    assert output["probabilities"].shape == (7,) and np.isfinite(output["probabilities"]).all()
+    assert output["probabilities"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert int(output["frames_with_face"]) == len(clip["faces"])

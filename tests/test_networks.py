@@ -21,7 +21,7 @@ import pytest
 import torch
 from torchvision.models import VGG16_Weights
 
-from orchestrate.extractors.fer_cnn import FER2013_CLASSES, FerCnn
+from orchestrate.extractors.fer_cnn import FER2013_CLASSES, FerCnn, mini_xception_config
 from orchestrate.extractors.vgg16 import Vgg16Block5Embedder, WeightsError
 
 FER_MODEL = Path("models") / "fer2013_mini_XCEPTION.102-0.66.hdf5"
@@ -520,3 +520,111 @@ def test_fer_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
         handle.create_group("model_weights")
     with pytest.raises(WeightsError, match="malformed model_config"):
         FerCnn.from_keras_h5(broken_json)
+
+
+# ---------------------------------------------------------------- random mini-Xception
+
+
+def _gray_faces(count: int, seed: int = 0) -> np.ndarray:
+    """Smooth random grayscale 64x64 'faces' (blurred noise)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (count, 64, 64), dtype=np.uint8)
+    return np.stack([cv2.GaussianBlur(face, (7, 7), 0) for face in noise])
+
+
+@pytest.fixture(scope="module")
+def random_fer() -> FerCnn:
+    return FerCnn.random(device="cpu")
+
+
+def test_random_fer_is_seeded_and_leaves_global_rng_alone(random_fer: FerCnn) -> None:
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    again = FerCnn.random(seed=0, device="cpu")
+    other = FerCnn.random(seed=1, device="cpu")
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.random.get_state()[1].tolist() == numpy_state[1].tolist()
+    assert random_fer.source == again.source == other.source == "random"
+    assert random_fer.classes == FER2013_CLASSES and random_fer.input_size == 64
+    assert len(random_fer.source_sha256) == 64
+    assert again.source_sha256 == random_fer.source_sha256 != other.source_sha256
+    same = again.network.state_dict()
+    for name, tensor in random_fer.network.state_dict().items():
+        assert torch.equal(tensor, same[name]), name
+    faces = _gray_faces(4)
+    np.testing.assert_array_equal(again.predict_proba(faces), random_fer.predict_proba(faces))
+    assert np.abs(other.predict_proba(faces) - random_fer.predict_proba(faces)).max() > 1e-4
+
+
+def test_random_fer_gives_probabilities_that_vary_with_the_face(random_fer: FerCnn) -> None:
+    # BatchNormalization at its initial moving statistics: inference only rescales.
+    norms = [m for m in random_fer.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 14
+    for norm in norms:
+        assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+        assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+    probabilities = random_fer.predict_proba(_gray_faces(8, seed=1))
+    assert probabilities.shape == (8, 7) and probabilities.dtype == np.float32
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    distances = np.abs(probabilities[:, None] - probabilities[None]).sum(axis=2)
+    assert distances[~np.eye(8, dtype=bool)].min() > 1e-4  # every face its own posteriors
+
+
+def test_random_fer_kernels_follow_keras_glorot_uniform(random_fer: FerCnn) -> None:
+    params = dict(random_fer.network.named_parameters())
+    # The first conv (3x3, 1 -> 8): limit sqrt(6 / (fan_in 9 + fan_out 72)).
+    first = params["layer_modules.0.0.weight"]
+    limit = np.sqrt(6 / (9 + 72))
+    assert first.abs().max() <= limit
+    # The largest kernel (separable_conv2d_8's pointwise, 128 -> 128): uniform, std
+    # limit/sqrt(3).
+    pointwise = [p for p in params.values() if tuple(p.shape) == (128, 128, 1, 1)]
+    assert len(pointwise) == 1
+    limit = np.sqrt(6 / (128 + 128))
+    assert pointwise[0].abs().max() <= limit
+    assert float(pointwise[0].std()) == pytest.approx(limit / np.sqrt(3), rel=0.03)
+    # Only the last conv has a bias, and Keras starts it at zero.
+    biases = [name for name, p in params.items() if name.endswith(".bias") and p.dim() == 1]
+    conv_bias = [name for name in biases if params[name].shape == (7,)]
+    assert len(conv_bias) == 1 and not params[conv_bias[0]].any()
+
+
+def test_random_fer_other_sizes_and_bad_ones() -> None:
+    small = FerCnn.random(seed=2, num_classes=3, input_size=32, device="cpu")
+    assert small.classes == ("class_0", "class_1", "class_2") and small.input_size == 32
+    probabilities = small.predict_proba(_gray_faces(2))  # 64x64 faces, resized to 32x32
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(WeightsError, match=r"random mini-Xception .*empty map") as error:
+        FerCnn.random(input_size=4, device="cpu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(WeightsError, match="num_classes must be >= 1"):
+        FerCnn.random(num_classes=0, device="cpu")
+
+
+def test_mini_xception_config_is_the_real_files(shared_data: Path) -> None:
+    with h5py.File(shared_data / FER_MODEL, "r") as handle:
+        real = json.loads(handle.attrs["model_config"])
+    ours = json.loads(json.dumps(mini_xception_config()))  # tuples/None as JSON has them
+    assert ours["class_name"] == real["class_name"]
+    for key in ("name", "input_layers", "output_layers"):
+        assert ours["config"][key] == real["config"][key], key
+    real_layers, our_layers = real["config"]["layers"], ours["config"]["layers"]
+    assert [layer["name"] for layer in our_layers] == [layer["name"] for layer in real_layers]
+    for real_layer, our_layer in zip(real_layers, our_layers, strict=True):
+        name = real_layer["name"]
+        assert our_layer["class_name"] == real_layer["class_name"], name
+        assert our_layer["inbound_nodes"] == real_layer["inbound_nodes"], name
+        for key, value in our_layer["config"].items():  # every setting we write is Keras's
+            assert real_layer["config"][key] == value, (name, key)
+
+
+def test_random_fer_has_the_real_files_architecture(fer: FerCnn, random_fer: FerCnn) -> None:
+    assert random_fer.network.order == fer.network.order  # same layers, inputs, order
+    assert str(random_fer.network) == str(fer.network)  # same modules, sizes, strides, pads
+    real = {name: tuple(t.shape) for name, t in fer.network.state_dict().items()}
+    ours = {name: tuple(t.shape) for name, t in random_fer.network.state_dict().items()}
+    assert ours == real
+    assert (random_fer.input_size, random_fer.classes) == (fer.input_size, fer.classes)
+    # Same shapes, different weights.
+    faces = _gray_faces(2)
+    assert not np.allclose(random_fer.predict_proba(faces), fer.predict_proba(faces))

@@ -9,6 +9,12 @@ transposed to OIHW, SeparableConv2D as a depthwise then a pointwise conv, BatchN
 with its own epsilon (1e-3), TensorFlow's 'same' padding (asymmetric for even inputs with
 stride 2, -inf for max-pooling). So any file of that layout loads, whatever its input size
 and number of classes; a layer outside that layout is a clear ``WeightsError``.
+
+``FerCnn.random`` builds the same network without a file: ``mini_xception_config`` writes
+the ``model_config`` Keras saves for ``mini_XCEPTION`` (layer for layer, names included), and
+the same graph builder fills it with the initialisers that config names (Glorot-uniform
+kernels, BatchNormalization at gamma 1, beta 0, moving mean 0, moving variance 1), drawn
+from a seeded numpy generator: an untrained mini-Xception, for runs without the weights.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from orchestrate.extractors.vgg16 import WeightsError
 
@@ -43,6 +51,34 @@ SUPPORTED_LAYERS = (
     "GlobalAveragePooling2D",
 )
 _ACTIVATIONS = {"linear": nn.Identity, "relu": nn.ReLU}
+# Keras names a layer "<prefix>_<n>", n counting that class's layers in creation order.
+_KERAS_PREFIXES = {
+    "InputLayer": "input",
+    "Conv2D": "conv2d",
+    "SeparableConv2D": "separable_conv2d",
+    "BatchNormalization": "batch_normalization",
+    "Activation": "activation",
+    "MaxPooling2D": "max_pooling2d",
+    "Add": "add",
+    "GlobalAveragePooling2D": "global_average_pooling2d",
+}
+# The initialiser config entry of each Keras weight name.
+_INITIALIZER_KEYS = {
+    "kernel": "kernel_initializer",
+    "bias": "bias_initializer",
+    "depthwise_kernel": "depthwise_initializer",
+    "pointwise_kernel": "pointwise_initializer",
+    "gamma": "gamma_initializer",
+    "beta": "beta_initializer",
+    "moving_mean": "moving_mean_initializer",
+    "moving_variance": "moving_variance_initializer",
+}
+_GLOROT_UNIFORM = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": None},
+}
+_ZEROS: dict[str, Any] = {"class_name": "Zeros", "config": {}}
+_ONES: dict[str, Any] = {"class_name": "Ones", "config": {}}
 
 
 class _TfSamePad(nn.Module):
@@ -122,14 +158,83 @@ def _spatial_out(size: int, kernel: int, stride: int, dilation: int, padding: st
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
-class _GraphBuilder:
-    """Builds the torch modules of a Keras model config and fills them from its HDF5 weights."""
+# A layer's weight arrays by Keras name ("kernel", "gamma"...), given the shapes the layer
+# expects; None when the source has no weights for that layer.
+WeightSource = Callable[[_Layer, dict[str, tuple[int, ...]]], dict[str, np.ndarray] | None]
 
-    def __init__(self, path: Path, config: dict[str, Any], weights: h5py.Group) -> None:
-        self.path, self.config, self.weights = path, config, weights
+
+class _Hdf5Weights:
+    """The weights of a Keras ``model.save`` file's ``model_weights`` group."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        self.group = group
+
+    def __call__(
+        self, layer: _Layer, expected: dict[str, tuple[int, ...]]
+    ) -> dict[str, np.ndarray] | None:
+        if layer.name not in self.group:
+            return None
+        group = self.group[layer.name]
+        arrays: dict[str, np.ndarray] = {}
+        for full_name in group.attrs.get("weight_names", []):
+            full_name = full_name.decode() if isinstance(full_name, bytes) else str(full_name)
+            # "conv2d_1_1/kernel:0" -> "kernel"
+            arrays[full_name.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(
+                group[full_name], dtype=np.float32
+            )
+        return arrays
+
+
+class _KerasInitializers:
+    """Fresh weights as Keras initialises a layer: each weight by the initialiser its config
+    names (``VarianceScaling``, ``Zeros``, ``Ones``), drawn from a seeded numpy generator, so
+    the caller's numpy and torch random states are left alone."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(
+        self, layer: _Layer, expected: dict[str, tuple[int, ...]]
+    ) -> dict[str, np.ndarray] | None:
+        return {key: self.draw(layer, key, shape) for key, shape in expected.items()}
+
+    def draw(self, layer: _Layer, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        spec = layer.config.get(_INITIALIZER_KEYS[key])
+        kind = spec.get("class_name") if isinstance(spec, dict) else spec
+        if kind == "Zeros":
+            return np.zeros(shape, np.float32)
+        if kind == "Ones":
+            return np.ones(shape, np.float32)
+        if kind != "VarianceScaling":
+            raise WeightsError(
+                f"layer {layer.name!r} weight {key!r}: initialiser {kind!r} is not one of "
+                "VarianceScaling, Zeros, Ones"
+            )
+        options = spec["config"]
+        # Keras's fans of a channels-last kernel (kh, kw, in, out): in or out x kh*kw.
+        receptive = math.prod(shape[:-2])
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
+        variance = float(options.get("scale", 1.0)) / max(1.0, fan[options.get("mode", "fan_in")])
+        if options.get("distribution", "normal") != "uniform":
+            raise WeightsError(
+                f"layer {layer.name!r} weight {key!r}: only uniform VarianceScaling is supported"
+            )
+        limit = math.sqrt(3.0 * variance)
+        return self.rng.uniform(-limit, limit, shape).astype(np.float32)
+
+
+class _GraphBuilder:
+    """Builds the torch modules of a Keras model config and fills them from a weight source.
+
+    ``label`` names the model in errors (the file's path, or the random model's seed).
+    """
+
+    def __init__(self, label: str, config: dict[str, Any], weights: WeightSource) -> None:
+        self.label, self.config, self.weights = label, config, weights
 
     def fail(self, reason: str) -> WeightsError:
-        return WeightsError(f"FER model {self.path}: {reason}")
+        return WeightsError(f"FER model {self.label}: {reason}")
 
     def build(self) -> tuple[KerasGraphNet, int, int]:
         """The network, its square input side and its number of classes."""
@@ -260,7 +365,10 @@ class _GraphBuilder:
             arrays = self.layer_weights(
                 layer, {"kernel": (*kernel, channels, filters), **bias_shape}
             )
-            conv = nn.Conv2d(channels, filters, kernel, stride, dilation=dilation, bias=use_bias)
+            # skip_init: every parameter is copied below, so torch's RNG is never drawn from.
+            conv = skip_init(
+                nn.Conv2d, channels, filters, kernel, stride, dilation=dilation, bias=use_bias
+            )
             self.copy(conv.weight, arrays["kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
             if use_bias:
                 self.copy(conv.bias, arrays["bias"])
@@ -275,7 +383,8 @@ class _GraphBuilder:
                     **bias_shape,
                 },
             )
-            depthwise = nn.Conv2d(
+            depthwise = skip_init(
+                nn.Conv2d,
                 channels,
                 channels * multiplier,
                 kernel,
@@ -287,7 +396,7 @@ class _GraphBuilder:
             # Keras' depthwise output channel c*multiplier+m is input channel c, multiplier m.
             depth = arrays["depthwise_kernel"].transpose(2, 3, 0, 1)
             self.copy(depthwise.weight, depth.reshape(channels * multiplier, 1, *kernel))
-            pointwise = nn.Conv2d(channels * multiplier, filters, 1, bias=use_bias)
+            pointwise = skip_init(nn.Conv2d, channels * multiplier, filters, 1, bias=use_bias)
             self.copy(pointwise.weight, arrays["pointwise_kernel"].transpose(3, 2, 0, 1))
             if use_bias:
                 self.copy(pointwise.bias, arrays["bias"])
@@ -307,16 +416,12 @@ class _GraphBuilder:
         self, layer: _Layer, expected: dict[str, tuple[int, ...]]
     ) -> dict[str, np.ndarray]:
         """The layer's weight arrays by Keras name (``kernel``, ``gamma``...), shapes checked."""
-        if layer.name not in self.weights:
+        try:
+            arrays = self.weights(layer, expected)
+        except WeightsError as err:
+            raise self.fail(str(err)) from err
+        if arrays is None:
             raise self.fail(f"model_weights has no group for layer {layer.name!r}")
-        group = self.weights[layer.name]
-        arrays: dict[str, np.ndarray] = {}
-        for full_name in group.attrs.get("weight_names", []):
-            full_name = full_name.decode() if isinstance(full_name, bytes) else str(full_name)
-            # "conv2d_1_1/kernel:0" -> "kernel"
-            arrays[full_name.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(
-                group[full_name], dtype=np.float32
-            )
         if set(arrays) != set(expected):
             raise self.fail(
                 f"layer {layer.name!r} has weights {sorted(arrays)}, expected {sorted(expected)}"
@@ -335,6 +440,158 @@ class _GraphBuilder:
             param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
 
 
+def mini_xception_config(input_size: int = 64, num_classes: int = 7) -> dict[str, Any]:
+    """The Keras ``model_config`` of Arriaga et al.'s ``mini_XCEPTION`` (face_classification).
+
+    Layer for layer what Keras 2 saves for ``mini_XCEPTION((input_size, input_size, 1),
+    num_classes)``: the same classes, names, inbound nodes, order and the layer settings the
+    graph builder reads, with the initialisers Keras records. Two 3x3 valid convs (8 filters),
+    four residual modules (16, 32, 64, 128 filters: two separable 3x3 convs and a 3x3/2
+    max-pool, beside a 1x1/2 conv shortcut), a 3x3 conv to the classes, global average
+    pooling and softmax. Every conv has batch normalisation; only the last has a bias.
+    """
+    counts: Counter[str] = Counter()
+
+    def layer(class_name: str, inputs: Sequence[str], name: str = "", **config: Any) -> dict:
+        prefix = _KERAS_PREFIXES[class_name]
+        counts[prefix] += 1  # Keras counts every created layer, named or not
+        name = name or f"{prefix}_{counts[prefix]}"
+        return {
+            "class_name": class_name,
+            "name": name,
+            "config": {"name": name, **config},
+            "inbound_nodes": [[[source, 0, 0, {}] for source in inputs]] if inputs else [],
+        }
+
+    def conv(inputs: str, filters: int, kernel: int, stride: int, padding: str, bias: bool):
+        return layer(
+            "Conv2D",
+            [inputs],
+            filters=filters,
+            kernel_size=[kernel, kernel],
+            strides=[stride, stride],
+            padding=padding,
+            data_format="channels_last",
+            dilation_rate=[1, 1],
+            activation="linear",
+            use_bias=bias,
+            kernel_initializer=_GLOROT_UNIFORM,
+            bias_initializer=_ZEROS,
+        )
+
+    def separable(inputs: str, filters: int) -> dict:
+        return layer(
+            "SeparableConv2D",
+            [inputs],
+            filters=filters,
+            kernel_size=[3, 3],
+            strides=[1, 1],
+            padding="same",
+            depth_multiplier=1,
+            data_format="channels_last",
+            dilation_rate=[1, 1],
+            activation="linear",
+            use_bias=False,
+            depthwise_initializer=_GLOROT_UNIFORM,
+            pointwise_initializer=_GLOROT_UNIFORM,
+            bias_initializer=_ZEROS,
+        )
+
+    def batch_norm(inputs: str) -> dict:
+        return layer(
+            "BatchNormalization",
+            [inputs],
+            axis=-1,
+            momentum=0.99,
+            epsilon=0.001,
+            center=True,
+            scale=True,
+            beta_initializer=_ZEROS,
+            gamma_initializer=_ONES,
+            moving_mean_initializer=_ZEROS,
+            moving_variance_initializer=_ONES,
+        )
+
+    layers: list[dict[str, Any]] = []
+
+    def add(entry: dict) -> str:
+        layers.append(entry)
+        return entry["name"]
+
+    x = add(
+        layer(
+            "InputLayer",
+            [],
+            batch_input_shape=[None, input_size, input_size, 1],
+            dtype="float32",
+            sparse=False,
+        )
+    )
+    input_name = x
+    for _ in range(2):
+        x = add(conv(x, 8, 3, 1, "valid", bias=False))
+        x = add(batch_norm(x))
+        x = add(layer("Activation", [x], activation="relu"))
+    for filters in (16, 32, 64, 128):
+        # Created first (so named first) but listed after the main branch, as Keras orders
+        # a model's layers by depth in the graph.
+        shortcut = conv(x, filters, 1, 2, "same", bias=False)
+        shortcut_norm = batch_norm(shortcut["name"])
+        branch = add(separable(x, filters))
+        branch = add(batch_norm(branch))
+        branch = add(layer("Activation", [branch], activation="relu"))
+        branch = add(separable(branch, filters))
+        branch = add(batch_norm(branch))
+        add(shortcut)
+        pooled = add(
+            layer(
+                "MaxPooling2D",
+                [branch],
+                pool_size=[3, 3],
+                strides=[2, 2],
+                padding="same",
+                data_format="channels_last",
+            )
+        )
+        add(shortcut_norm)
+        x = add(layer("Add", [pooled, shortcut_norm["name"]]))
+    x = add(conv(x, num_classes, 3, 1, "same", bias=True))
+    x = add(layer("GlobalAveragePooling2D", [x], data_format="channels_last"))
+    output_name = add(layer("Activation", [x], name="predictions", activation="softmax"))
+    return {
+        "class_name": "Model",
+        "config": {
+            "name": "model_1",
+            "layers": layers,
+            "input_layers": [[input_name, 0, 0]],
+            "output_layers": [[output_name, 0, 0]],
+        },
+    }
+
+
+def network_sha256(network: nn.Module) -> str:
+    """sha256 of a network's parameters and buffers (names, shapes and float bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _class_names(num_classes: int, classes: Sequence[str] | None, label: str) -> tuple[str, ...]:
+    if classes is None:
+        classes = (
+            FER2013_CLASSES
+            if num_classes == len(FER2013_CLASSES)
+            else tuple(f"class_{i}" for i in range(num_classes))
+        )
+    if len(classes) != num_classes:
+        raise WeightsError(
+            f"FER model {label} has {num_classes} outputs but {len(classes)} class names given"
+        )
+    return tuple(classes)
+
+
 class FerCnn:
     """A Keras FER CNN (mini-Xception layout) run in torch: face crops -> class probabilities."""
 
@@ -351,8 +608,9 @@ class FerCnn:
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.input_size = input_size
         self.classes = tuple(classes)
-        self.source = source  # the model file
-        self.source_sha256 = source_sha256  # its content hash, for feature cache keys
+        self.source = source  # the model file, or "random"
+        # The file's content hash, or the random network's weights hash: for cache keys.
+        self.source_sha256 = source_sha256
         self.batch_size = 256  # faces per forward
 
     @classmethod
@@ -384,7 +642,7 @@ class FerCnn:
                 raw = raw_config.decode() if isinstance(raw_config, bytes) else str(raw_config)
                 config = json.loads(raw)
                 network, input_size, num_classes = _GraphBuilder(
-                    path, config, handle["model_weights"]
+                    str(path), config, _Hdf5Weights(handle["model_weights"])
                 ).build()
             except WeightsError:
                 raise
@@ -392,18 +650,31 @@ class FerCnn:
                 raise WeightsError(
                     f"FER model {path}: malformed model_config ({type(err).__name__}: {err})"
                 ) from err
-        if classes is None:
-            classes = (
-                FER2013_CLASSES
-                if num_classes == len(FER2013_CLASSES)
-                else tuple(f"class_{i}" for i in range(num_classes))
-            )
-        if len(classes) != num_classes:
-            raise WeightsError(
-                f"FER model {path} has {num_classes} outputs but {len(classes)} class names given"
-            )
+        classes = _class_names(num_classes, classes, str(path))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         return cls(network, input_size, classes, device, str(path), digest)
+
+    @classmethod
+    def random(
+        cls, seed: int = 0, num_classes: int = 7, input_size: int = 64, device: str | None = None
+    ) -> FerCnn:
+        """An untrained mini-Xception: ``mini_xception_config`` with Keras's initialisers.
+
+        Deterministic for a ``seed`` (numpy's generator; the global numpy and torch random
+        states are not touched). BatchNormalization keeps its initial moving statistics
+        (mean 0, variance 1), so at inference it only rescales by 1/sqrt(1 + 1e-3) and the
+        class probabilities still vary with the face. ``source`` is ``"random"`` and
+        ``source_sha256`` the hash of the weights (``network_sha256``). Classes as in
+        ``from_keras_h5``. Raises ``WeightsError`` (one line) for no classes or an input
+        too small for the layout (the two valid 3x3 convs need at least 5 pixels).
+        """
+        label = f"random mini-Xception (seed {seed}, input {input_size})"
+        if num_classes < 1:
+            raise WeightsError(f"FER model {label}: num_classes must be >= 1, got {num_classes}")
+        config = mini_xception_config(input_size, num_classes)
+        network, size, outputs = _GraphBuilder(label, config, _KerasInitializers(seed)).build()
+        classes = _class_names(outputs, None, label)
+        return cls(network, size, classes, device, "random", network_sha256(network))
 
     def predict_proba(self, faces_gray: np.ndarray) -> np.ndarray:
         """Class probabilities of grayscale face crops: (N, H, W) uint8 -> (N, classes) float32.

@@ -13,11 +13,15 @@ Video: every frame's largest Haar face, grayscale, through a FER-2013 CNN; the p
 class probabilities are averaged over the frames that have a face and renormalised. The
 paper's CNN is a VGG-19 on 48x48 input whose weights it does not publish; we load any
 Keras HDF5 of the mini-Xception layout (64x64 input) by path: the repository's tests use
-``fer2013_mini_XCEPTION.102-0.66.hdf5``.
+``fer2013_mini_XCEPTION.102-0.66.hdf5``. ``model_path: random`` is the demo's choice, for
+runs without that file: a seeded random mini-Xception (``FerCnn.random``), recorded as such
+in the rows' parameters and in MLflow (``model_path`` "random", ``model_digest`` the hash of
+its weights); its probabilities vary with the face but carry no expression knowledge.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -44,6 +48,9 @@ from orchestrate.extractors.emodal import INT16_SCALE
 
 # Faces per forward pass: bounds the embedder's memory whatever the batch's clip count.
 FER_CHUNK = 512
+# ``model_path`` value that asks for an untrained mini-Xception instead of a file, and its seed.
+RANDOM_MODEL = "random"
+RANDOM_MODEL_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,11 @@ class MitseasFer:
 
     ``extract`` gives ``faces`` (T, face_size, face_size) uint8 grayscale; the embedder
     turns them into ``probabilities`` (7,) in FER-2013 order and ``frames_with_face``.
-    ``model_digest`` (sha256 of the model file) is filled in when built, so that replacing
-    the file at the same path is a new cache key, never a stale hit.
+    ``model_path``: a Keras HDF5 FER-2013 model of the mini-Xception layout, or ``"random"``
+    (the demo's choice): a seeded random mini-Xception, recorded as such in the rows'
+    parameters and in MLflow. ``model_digest`` is filled in when built: the sha256 of the
+    model file (replacing the file at the same path is a new cache key, never a stale hit),
+    or of the random network's weights (so a change in how it is drawn is a new key too).
     """
 
     name: ClassVar[str] = "mitseas_fer"
@@ -121,7 +131,7 @@ class MitseasFer:
     modality: ClassVar[Modality] = "video"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "frames_with_face")
 
-    model_path: str | None = None  # Keras HDF5 of mini-Xception layout; the config gives it
+    model_path: str | None = None  # Keras HDF5 of mini-Xception layout, or "random"
     face_size: int = 64
     model_digest: str | None = None
 
@@ -131,18 +141,25 @@ class MitseasFer:
         if self.model_path is None:
             raise ValueError(
                 f"{self.name}.model_path: required (a Keras HDF5 FER-2013 model, "
-                "e.g. fer2013_mini_XCEPTION.102-0.66.hdf5)"
+                f'e.g. fer2013_mini_XCEPTION.102-0.66.hdf5, or "{RANDOM_MODEL}" for a seeded '
+                "random mini-Xception)"
             )
-        path = Path(self.model_path).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{self.name}.model_path: no such file {self.model_path}")
-        digest = file_sha256(path)
+        if self.model_path == RANDOM_MODEL:
+            model_path, digest = RANDOM_MODEL, random_model_digest()
+        else:
+            path = Path(self.model_path).expanduser()
+            if not path.is_file():
+                raise ValueError(
+                    f"{self.name}.model_path: no such file {self.model_path} "
+                    f'(give a Keras HDF5 FER-2013 model, or "{RANDOM_MODEL}")'
+                )
+            model_path, digest = str(path.resolve()), file_sha256(path)
         if self.model_digest is not None and self.model_digest != digest:
             raise ValueError(
                 f"{self.name}.model_digest: {self.model_path} changed since these parameters "
                 "were resolved"
             )
-        object.__setattr__(self, "model_path", str(path.resolve()))
+        object.__setattr__(self, "model_path", model_path)
         object.__setattr__(self, "model_digest", digest)
 
     @property
@@ -156,19 +173,22 @@ class MitseasFer:
 
     def make_embedder(self) -> Embedder | None:
         assert self.model_path is not None
-        return FerClipEmbedder(self.model_path)
+        return FerClipEmbedder(self.model_path, model_digest=self.model_digest)
 
 
 class FerClipEmbedder:
     """Batch function: every face of a batch of clips through the FER CNN at once.
 
     The network is loaded on the first call (in the ``map_batches`` actor), on CUDA when
-    available.
+    available: the file at ``model_path``, or the seeded random mini-Xception for
+    ``"random"``. With ``model_digest`` (the extractor's), a model that differs from the one
+    the extractor was built with (the file replaced since) is a ``WeightsError``.
     """
 
-    def __init__(self, model_path: str, device: str | None = None):
+    def __init__(self, model_path: str, device: str | None = None, model_digest: str | None = None):
         self.model_path = model_path
         self.device = device
+        self.model_digest = model_digest
         self._model: Any = None
 
     def __call__(self, clips: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -198,9 +218,20 @@ class FerClipEmbedder:
             import torch
 
             from orchestrate.extractors.fer_cnn import FerCnn
+            from orchestrate.extractors.vgg16 import WeightsError
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self._model = FerCnn.from_keras_h5(self.model_path, device=device)
+            if self.model_path == RANDOM_MODEL:
+                model = FerCnn.random(seed=RANDOM_MODEL_SEED, device=device)
+            else:
+                model = FerCnn.from_keras_h5(self.model_path, device=device)
+            if self.model_digest is not None and model.source_sha256 != self.model_digest:
+                raise WeightsError(
+                    f"mitseas_fer: FER model {self.model_path} has sha256 "
+                    f"{model.source_sha256[:12]}..., not the {self.model_digest[:12]}... "
+                    "resolved when the extractor was built"
+                )
+            self._model = model
         return self._model
 
 
@@ -208,6 +239,14 @@ def _gray_face(crop: np.ndarray, size: int) -> np.ndarray:
     gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(gray, (size, size), interpolation=interpolation)
+
+
+@functools.cache
+def random_model_digest(seed: int = RANDOM_MODEL_SEED) -> str:
+    """sha256 of the weights of ``FerCnn.random(seed)``: the random model's cache-key part."""
+    from orchestrate.extractors.fer_cnn import FerCnn
+
+    return FerCnn.random(seed=seed, device="cpu").source_sha256
 
 
 def file_sha256(path: str | Path) -> str:
