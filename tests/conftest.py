@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 # Reusable fixtures that start real components on 127.0.0.1 (tests/ is on sys.path).
-pytest_plugins = ["s3_server"]
+pytest_plugins = ["s3_server", "ray_head", "mlflow_server"]
+
+# Local test clusters (ray.init) run without token auth, so they don't write
+# ~/.ray/auth_token; the ray_head fixture sets token auth explicitly for its own head.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 # ../shared/data beside the checkout: real samples, never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -19,12 +19,9 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from orchestrate.config import load_config
 
-if TYPE_CHECKING:  # imported by pytest_plugins below, first, so their asserts are rewritten
+if TYPE_CHECKING:  # registered as plugins in conftest.py
     from mlflow_server import MlflowServer
     from ray_head import RayHead
-
-# The real-component fixtures (tests/ is on sys.path); no-op if conftest registers them too.
-pytest_plugins = ["ray_head", "mlflow_server"]
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 SUBMIT_TIMEOUT_S = 120.0  # a job that only imports orchestrate
