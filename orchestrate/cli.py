@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     runs = [run for run in config.task_runs() if run.name == args.task]
     overrides = runs[0].config if runs else {}
-    task_settings = task_config(config, task, overrides)
+    task_settings = task_config(config, task, args.variant, overrides)
     features, left_out = feature_source(config, task, args.variant).load()
     protocol = protocol_for(config, task)
     folds = make_folds(protocol, features.actors, features.labels, config.sweep.folds, config.seed)

@@ -55,7 +55,8 @@ class IngestConfig:
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_failure_ratio: float = 0.5  # ingest exits non-zero above this ratio of failed clips
     face_detect_width: int = 320  # Haar cascade runs on a grayscale copy this wide
-    embed_workers: int = 1  # actors in the VGG16 / FER CNN pool
+    # Actors running the networks (VGG16, FER CNN); default: one per GPU, else one per CPU.
+    embed_workers: int | None = None
     embed_batch_size: int = 16  # clips per map_batches batch
 
 
@@ -245,7 +246,7 @@ def validate(config: RunConfig) -> None:
     if not 0.0 <= config.ingest.max_failure_ratio <= 1.0:
         raise ConfigError("ingest.max_failure_ratio: must be between 0 and 1")
     for name in ("face_detect_width", "embed_workers", "embed_batch_size"):
-        if getattr(config.ingest, name) < 1:
+        if getattr(config.ingest, name) is not None and getattr(config.ingest, name) < 1:
             raise ConfigError(f"ingest.{name}: must be at least 1")
     for i, run in enumerate(config.tasks):
         if run.name not in TASKS:

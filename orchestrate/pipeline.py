@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,7 @@ from orchestrate.config import RunConfig, dump_config
 from orchestrate.extractors import build_extractor
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
 from orchestrate.stages.report import ensure_experiment, log_task_report, table_markdown
-from orchestrate.stages.sweep import sweep_variant
+from orchestrate.stages.sweep import VariantFailed, VariantResult, protocol_for, sweep_variant
 from tasks import TASKS
 
 
@@ -64,7 +65,9 @@ def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
                 {f"extractor.{name}": _weights_note(params) for name, params in resolved.items()}
             )
             results = [
-                sweep_variant(config, run.name, variant, run.config, parent.info.run_id, progress)
+                _sweep_or_report(
+                    config, run.name, variant, run.config, parent.info.run_id, progress
+                )
                 for variant in run.variants or task.VARIANTS
             ]
             out_dir = Path(config.workspace_path, "reports")
@@ -82,3 +85,21 @@ def _weights_note(params: dict) -> str:
     """A short tag naming where an extractor's network weights came from (if it has any)."""
     source = params.get("weights_source") or params.get("model_path")
     return f"weights: {source}" if source else "no network"
+
+
+def _sweep_or_report(
+    config: RunConfig,
+    task_name: str,
+    variant: str,
+    overrides: dict,
+    parent_run_id: str,
+    progress: bool,
+) -> VariantResult:
+    """Sweep one variant; a variant that cannot be swept is reported, and the run goes on."""
+    try:
+        return sweep_variant(config, task_name, variant, overrides, parent_run_id, progress)
+    except (VariantFailed, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        print(f"orchestrate: {task_name}/{variant} not swept: {reason}", file=sys.stderr)
+        protocol = protocol_for(config, TASKS[task_name])
+        return VariantResult(task_name, variant, protocol, {}, [], [], 0, error=reason)

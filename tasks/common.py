@@ -8,6 +8,7 @@ A task module (``tasks/<paper>.py``) is read top to bottom and exposes:
 - ``VARIANTS``: variant name -> the feature columns (``"<extractor>.<array>"``) it reads.
 - ``DEFAULTS``: the paper's best configuration (plain data; ``search_spaces/<task>.yaml``
   searches around it). ``DEFAULTS["epochs"]`` is the number of ``fit_epoch`` calls.
+  Optionally ``VARIANT_DEFAULTS``: variant -> the knobs that differ for that variant.
 - ``PAPER_PROTOCOL``: the paper's own evaluation protocol (see ``orchestrate.protocols``).
 - ``PAPER_RESULTS``: the numbers the paper reported, as ``PaperResult`` rows.
 - ``make_trainer(config, variant, train, seed) -> Trainer``.

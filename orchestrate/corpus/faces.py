@@ -148,9 +148,7 @@ class _Canvas:
     def __init__(self, identity: FaceIdentity, pose: Pose) -> None:
         self.unit = identity.head_half_width * pose.scale * SUPERSAMPLE
         theta = np.deg2rad(pose.roll_deg)
-        self.rotation = np.array(
-            [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
-        )
+        self.rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
         self.origin = np.array([pose.centre_x, pose.centre_y]) * SUPERSAMPLE
         self.roll_deg = pose.roll_deg
 
@@ -196,7 +194,9 @@ class _Canvas:
     ) -> None:
         """An open polyline of face-local ``width``."""
         thickness = max(1, int(round(width * self.unit)))
-        cv2.polylines(image, [self.points(xy)], False, _colour(colour), thickness, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(
+            image, [self.points(xy)], False, _colour(colour), thickness, cv2.LINE_AA, _SHIFT
+        )
 
 
 def _bump(u: np.ndarray, v: np.ndarray, x: float, y: float, sx: float, sy: float) -> np.ndarray:
@@ -266,9 +266,10 @@ class FaceRenderer:
         sprite[skin_mask, 3] = 255.0
         # Above the hairline the head is hair, a little darker towards the crown.
         hair_mask = (r2 <= 1.0) & (v <= hairline)
-        sprite[hair_mask, :3] = np.asarray(identity.hair_rgb, dtype=np.float32) * (
-            1.0 - 0.25 * np.clip(r2[hair_mask], 0.0, 1.0)
-        )[:, None]
+        sprite[hair_mask, :3] = (
+            np.asarray(identity.hair_rgb, dtype=np.float32)
+            * (1.0 - 0.25 * np.clip(r2[hair_mask], 0.0, 1.0))[:, None]
+        )
         sprite[hair_mask, 3] = 255.0
         return sprite, np.array([origin_x, origin_y])
 
@@ -401,7 +402,9 @@ def _draw_mouth(
     image: np.ndarray, canvas: _Canvas, identity: FaceIdentity, expr: Expression
 ) -> None:
     my = identity.mouth_height
-    half_w = identity.mouth_half_width * (1.0 + 0.25 * expr.mouth_stretch + 0.12 * max(0.0, expr.smile))
+    half_w = identity.mouth_half_width * (
+        1.0 + 0.25 * expr.mouth_stretch + 0.12 * max(0.0, expr.smile)
+    )
     corner_y = my - 0.14 * expr.smile
     opening = 0.22 * max(0.0, expr.mouth_open)
     lip = identity.lip_thickness
@@ -416,7 +419,9 @@ def _draw_mouth(
     lower_inner = centre_line + opening * (1.0 - t**2) ** 0.7
     upper_outer = upper_inner - lip * (1.0 - t**2) ** 0.5 - 0.01
     lower_outer = lower_inner + lip * 1.2 * (1.0 - t**2) ** 0.5 + 0.01
-    lips = np.concatenate([np.stack([xs, upper_outer], 1), np.stack([xs[::-1], lower_outer[::-1]], 1)])
+    lips = np.concatenate(
+        [np.stack([xs, upper_outer], 1), np.stack([xs[::-1], lower_outer[::-1]], 1)]
+    )
     canvas.polygon(image, lips, identity.lip_rgb)
     if opening > 0.01:
         inner = np.concatenate(

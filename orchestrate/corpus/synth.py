@@ -84,22 +84,37 @@ _INTENSITY_WEIGHT = {"01": 0.7, "02": 1.1}
 FACE_APEX: dict[str, Expression] = {
     "neutral": Expression(),
     "calm": Expression(smile=0.06, eye_open=-0.1),
-    "happy": Expression(smile=0.9, mouth_open=0.3, cheek_raise=0.7, eye_open=-0.2, mouth_stretch=0.15),
+    "happy": Expression(
+        smile=0.9, mouth_open=0.3, cheek_raise=0.7, eye_open=-0.2, mouth_stretch=0.15
+    ),
     "sad": Expression(smile=-0.3, brow_inner=0.35, eye_open=-0.2),
     "angry": Expression(
-        brow_raise=-0.5, brow_inner=-0.9, eye_open=-0.1, smile=-0.25, mouth_open=0.2,
+        brow_raise=-0.5,
+        brow_inner=-0.9,
+        eye_open=-0.1,
+        smile=-0.25,
+        mouth_open=0.2,
         mouth_stretch=0.1,
     ),
     "fearful": Expression(
-        brow_raise=0.85, brow_inner=0.5, eye_open=0.9, mouth_open=0.55, mouth_stretch=0.05,
+        brow_raise=0.85,
+        brow_inner=0.5,
+        eye_open=0.9,
+        mouth_open=0.55,
+        mouth_stretch=0.05,
         smile=-0.05,
     ),
     "surprised": Expression(
         brow_raise=0.9, brow_inner=0.4, eye_open=0.95, mouth_open=0.6, mouth_stretch=-0.05
     ),
     "disgust": Expression(
-        nose_wrinkle=0.9, lip_raise=0.8, brow_raise=-0.3, brow_inner=-0.3, eye_open=-0.45,
-        smile=-0.3, mouth_open=0.1,
+        nose_wrinkle=0.9,
+        lip_raise=0.8,
+        brow_raise=-0.3,
+        brow_inner=-0.3,
+        eye_open=-0.45,
+        smile=-0.3,
+        mouth_open=0.1,
     ),
 }
 
@@ -150,9 +165,7 @@ class ClipSpec:
     def name(self) -> str:
         """The RAVDESS file stem, ``01-01-EE-II-SS-RR-AA`` (full AV, speech)."""
         code = f"{EMOTIONS.index(self.emotion) + 1:02d}"
-        return (
-            f"01-01-{code}-{self.intensity}-{self.statement}-{self.repetition}-{self.actor:02d}"
-        )
+        return f"01-01-{code}-{self.intensity}-{self.statement}-{self.repetition}-{self.actor:02d}"
 
     @property
     def female(self) -> bool:
@@ -177,7 +190,9 @@ class ClipSpec:
 
 def _check_counts(actors: int, clips_per_emotion: int) -> None:
     if not 1 <= actors <= MAX_ACTORS:
-        raise ValueError(f"actors must be 1..{MAX_ACTORS} (two-digit RAVDESS actor ids), got {actors}")
+        raise ValueError(
+            f"actors must be 1..{MAX_ACTORS} (two-digit RAVDESS actor ids), got {actors}"
+        )
     if not 1 <= clips_per_emotion <= MAX_CLIPS_PER_EMOTION:
         raise ValueError(
             f"clips_per_emotion must be 1..{MAX_CLIPS_PER_EMOTION} "
@@ -279,8 +294,16 @@ def pose_track(rng: np.random.Generator) -> list[Pose]:
     def sway(amplitude: float) -> np.ndarray:
         return amplitude * np.sin(2 * np.pi * rng.uniform(0.2, 0.7) * t + rng.uniform(0, 2 * np.pi))
 
-    xs, ys, scales, rolls = x0 + sway(2.5), y0 + sway(1.5), scale0 * (1 + sway(0.02)), roll0 + sway(2.0)
-    return [Pose(float(x), float(y), float(s), float(r)) for x, y, s, r in zip(xs, ys, scales, rolls, strict=True)]
+    xs, ys, scales, rolls = (
+        x0 + sway(2.5),
+        y0 + sway(1.5),
+        scale0 * (1 + sway(0.02)),
+        roll0 + sway(2.0),
+    )
+    return [
+        Pose(float(x), float(y), float(s), float(r))
+        for x, y, s, r in zip(xs, ys, scales, rolls, strict=True)
+    ]
 
 
 def draw_background(rng: np.random.Generator) -> np.ndarray:
@@ -290,8 +313,10 @@ def draw_background(rng: np.random.Generator) -> np.ndarray:
     # A grey level with a moderate tint: walls are rarely saturated colours.
     base = np.clip(rng.uniform(35.0, 220.0) + rng.normal(0.0, 22.0, 3), 10.0, 245.0)
     base = base.astype(np.float32)
-    grade = 1.0 + rng.uniform(-0.35, 0.35) * (xs / width - 0.5) + rng.uniform(-0.35, 0.35) * (
-        ys / height - 0.5
+    grade = (
+        1.0
+        + rng.uniform(-0.35, 0.35) * (xs / width - 0.5)
+        + rng.uniform(-0.35, 0.35) * (ys / height - 0.5)
     )
     wall = base * grade[..., None]
     blotches = rng.normal(0.0, rng.uniform(4.0, 18.0), (height // 16, width // 16, 3))

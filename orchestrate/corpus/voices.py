@@ -152,7 +152,9 @@ def synthesize_speech(
     n_samples = int(round(duration_s * SAMPLE_RATE))
     n_blocks = -(-n_samples // _BLOCK)
     block_t = (np.arange(n_blocks) + 0.5) * _BLOCK_S
-    starts, ends = _syllable_timing(syllables, prosody.rate_syl_s * voice.rate_factor, duration_s, rng)
+    starts, ends = _syllable_timing(
+        syllables, prosody.rate_syl_s * voice.rate_factor, duration_s, rng
+    )
 
     voicing = np.zeros(n_blocks)
     frication = np.zeros(n_blocks)

@@ -202,17 +202,21 @@ def _extract(
     # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
     blocks = max(1, min(len(work), 4 * _cluster_cpus()))
     dataset = ray.data.from_items(work, override_num_blocks=blocks).map(extract_clip)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    for extractor in extractors:
-        if extractor.make_embedder() is None:
-            continue
+    networks = [e for e in extractors if e.make_embedder() is not None]
+    if networks:
+        # One actor pool runs every network, each loaded once per actor. On a CPU cluster
+        # the pool has one actor per CPU and Ray Data fuses the per-clip map into it (each
+        # actor decodes, extracts and embeds); with GPUs it has one actor per GPU and the
+        # per-clip map stays in CPU tasks that feed it.
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        workers = config.ingest.embed_workers or gpus or _cluster_cpus()
         dataset = dataset.map_batches(
             EmbedClips,
-            fn_constructor_kwargs={"name": extractor.name, "params": extractor.params},
+            fn_constructor_kwargs={"networks": {e.name: e.params for e in networks}},
             batch_size=config.ingest.embed_batch_size,
             batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=config.ingest.embed_workers),
-            num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=1 if gpus else 0,
         )
     # Features only from here on (no frames, no crops): small enough to hold once.
     dataset = dataset.materialize()
@@ -290,21 +294,24 @@ def extract_one_clip(
 
 
 class EmbedClips:
-    """``map_batches`` actor: runs one extractor's network over a batch of clips' crops."""
+    """``map_batches`` actor: runs the networks (VGG16, FER CNN) over a batch of clips' crops."""
 
-    def __init__(self, name: str, params: dict[str, Any]):
-        self.name = name
-        self.embed = build_extractor(name, params).make_embedder()
+    def __init__(self, networks: dict[str, dict[str, Any]]):
+        self.embedders = {
+            name: build_extractor(name, params).make_embedder() for name, params in networks.items()
+        }
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        status = batch[f"{self.name}.status"]
-        todo = [i for i, value in enumerate(status) if value == "ok"]
-        if todo:
-            inputs = [unpack_arrays(batch[f"{self.name}.payload"].iloc[i]) for i in todo]
-            payloads = list(batch[f"{self.name}.payload"])
-            for i, features in zip(todo, self.embed(inputs), strict=True):
+        for name, embed in self.embedders.items():
+            status = batch[f"{name}.status"]
+            todo = [i for i, value in enumerate(status) if value == "ok"]
+            if not todo:
+                continue
+            payloads = list(batch[f"{name}.payload"])
+            inputs = [unpack_arrays(payloads[i]) for i in todo]
+            for i, features in zip(todo, embed(inputs), strict=True):
                 payloads[i] = pack_arrays(features)
-            batch[f"{self.name}.payload"] = payloads
+            batch[f"{name}.payload"] = payloads
         return batch
 
 

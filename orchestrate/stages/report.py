@@ -60,6 +60,7 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
         row["folds"] = len(result.fold_metrics)
         row["trials"] = result.trials
         row["clips_left_out"] = len(result.left_out)
+        row["error"] = result.error or ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -75,9 +76,14 @@ def table_markdown(table: pd.DataFrame) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
+        ours = (
+            [f"{row[m]:.3f} ± {row[f'{m}_std']:.3f}" for m in METRICS]
+            if not row["error"]
+            else [f"not swept: {row['error']}", "", ""]
+        )
         cells = [
             row["variant"],
-            *(f"{row[m]:.3f} ± {row[f'{m}_std']:.3f}" for m in METRICS),
+            *ours,
             row["paper"] or "—",
             row["paper_protocol"] or "—",
             f"{row['protocol']} ({row['folds']} folds)",
@@ -148,10 +154,15 @@ def log_task_report(
     client.log_figure(parent_run_id, figure, f"ablation/{task.NAME}.png")
     plt.close(figure)
     for row in table.to_dict("records"):
+        if row["error"]:
+            continue
         for metric in METRICS:
             client.log_metric(parent_run_id, f"{row['variant']}.{metric}", row[metric])
             client.log_metric(parent_run_id, f"{row['variant']}.{metric}_std", row[f"{metric}_std"])
     for result in results:
+        if result.error:
+            client.log_text(parent_run_id, result.error + "\n", f"failed/{result.variant}.txt")
+            continue
         client.log_text(
             parent_run_id, yaml.safe_dump(result.best_config), f"best/{result.variant}.yaml"
         )

@@ -35,6 +35,10 @@ from tasks.common import FeatureSet, Metrics, evaluate
 METRICS = ("accuracy", "uar", "macro_f1")
 
 
+class VariantFailed(RuntimeError):
+    """Every trial of a variant failed; the message is the first trial's one-line reason."""
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -107,15 +111,21 @@ class VariantResult:
     study: optuna.Study | None = None
     trial_runs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (trial id, result)
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None  # set when the variant could not be swept
 
     def mean_std(self, metric: str) -> tuple[float, float]:
         values = [fold[metric] for fold in self.fold_metrics]
+        if not values:
+            return float("nan"), float("nan")
         return float(np.mean(values)), float(np.std(values))
 
 
-def task_config(config: RunConfig, task: ModuleType, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The task's DEFAULTS, then the run's overrides, with epochs capped for quick runs."""
-    merged = {**task.DEFAULTS, **overrides}
+def task_config(
+    config: RunConfig, task: ModuleType, variant: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """DEFAULTS, the variant's own defaults, the run's overrides; epochs capped for quick runs."""
+    variant_defaults = getattr(task, "VARIANT_DEFAULTS", {}).get(variant, {})
+    merged = {**task.DEFAULTS, **variant_defaults, **overrides}
     if config.sweep.max_epochs is not None:
         merged["epochs"] = min(int(merged["epochs"]), config.sweep.max_epochs)
     return merged
@@ -136,7 +146,7 @@ def sweep_variant(
     """Sweep one task variant with Tune + Optuna; every trial a nested MLflow run."""
     task = TASKS[task_name]
     space: SearchSpace = load_search_space(task_name)
-    base = task_config(config, task, overrides)
+    base = task_config(config, task, variant, overrides)
     source = feature_source(config, task, variant)
     features, left_out = source.load()
     if len(features) == 0:
@@ -206,17 +216,21 @@ def sweep_variant(
         ),
     )
     grid = tuner.fit()
-    best = grid.get_best_result(metric=space.metric, mode=space.mode, scope="last")
-    if best.error or best.metrics is None or "fold_metrics" not in best.metrics:
-        # ASHA stopped every trial before its last epoch: re-run the best config to the end.
-        best_config = best.config
+    finished = [r for r in grid if r.error is None and r.metrics and space.metric in r.metrics]
+    if not finished:
+        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
+        raise VariantFailed(errors[0] if errors else "no trial reported a result")
+    sign = 1 if space.mode == "max" else -1
+    best = max(finished, key=lambda r: sign * r.metrics[space.metric])
+    best_config = best.config
+    if "fold_metrics" in best.metrics:
+        fold_metrics = json.loads(best.metrics["fold_metrics"])
+        confusion = json.loads(best.metrics["confusion"])
+    else:
+        # ASHA stopped the best trial before its last epoch: train its config to the end.
         fold_metrics, confusion = _final_folds(
             task, best_config, variant, features, folds, config.seed
         )
-    else:
-        best_config = best.config
-        fold_metrics = json.loads(best.metrics["fold_metrics"])
-        confusion = json.loads(best.metrics["confusion"])
     for seed in config.sweep.seeds:
         if seed == config.seed:
             continue
