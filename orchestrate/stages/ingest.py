@@ -87,7 +87,7 @@ class IngestSummary:
         if len(self.failed_clips) > 20:
             out.append(f"    ... and {len(self.failed_clips) - 20} more")
         if self.rejected_files:
-            out.append(f"  files not understood as clips: {len(self.rejected_files)}")
+            out.append(f"  rejected by the {self.dataset} adapter: {len(self.rejected_files)}")
             for _, reason in self.rejected_files[:20]:
                 out.append(f"    {reason}")
         return out
@@ -116,14 +116,14 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     """Fill the feature store for the config's dataset; returns the summary."""
     if config.dataset.root is None:
         raise ValueError("dataset.root: give the dataset's directory, s3:// prefix or table file")
-    store = FeatureStore(config.store_uri, config.storage_options)
-    if config.dataset.name == "sfew-table":
-        return _ingest_sfew_table(config, store)
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     if not progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    store = FeatureStore(config.store_uri, config.storage_options)
+    if config.dataset.name == "sfew-table":
+        return _ingest_sfew_table(config, store)
 
     started = time.perf_counter()
     listing = list_clips(config.dataset.name, config.dataset.root, config.storage_options)
