@@ -391,7 +391,9 @@ def _summarise(
     ]
     # "no face in any of 15 frames" and "... of 99 frames" are one reason in the counts.
     by_reason = Counter(
-        re.sub(r"\d+", "N", reason) for by_text in reasons.values() for reason in by_text
+        reason
+        for by_text in reasons.values()
+        for reason in {re.sub(r"\d+", "N", text) for text in by_text}
     )
     return IngestSummary(
         dataset=dataset,
