@@ -49,7 +49,11 @@ def extractor_spec(fer_model: str | None) -> str:
 def config_for(root: Path, workspace: Path, fer_model: str | None) -> RunConfig:
     return load_config(
         None,
-        [f"workspace={workspace}", f"dataset.root={root}", f"ingest.extractors={extractor_spec(fer_model)}"],
+        [
+            f"workspace={workspace}",
+            f"dataset.root={root}",
+            f"ingest.extractors={extractor_spec(fer_model)}",
+        ],
     )
 
 
@@ -69,7 +73,9 @@ def decode_only(row: dict) -> dict:
 
 def time_decode_floor(root: Path) -> float:
     clips = list_clips("ravdess", str(root)).clips
-    items = [{"clip_id": c.clip_id, "video_uri": c.video_uri, "audio_uri": c.audio_uri} for c in clips]
+    items = [
+        {"clip_id": c.clip_id, "video_uri": c.video_uri, "audio_uri": c.audio_uri} for c in clips
+    ]
     started = time.perf_counter()
     blocks = min(len(items), 4 * int(ray.cluster_resources()["CPU"]))
     ray.data.from_items(items, override_num_blocks=blocks).map(decode_only).take_all()
@@ -85,7 +91,9 @@ def time_ingest(config: RunConfig) -> tuple[float, int]:
 def time_sequential(root: Path, fer_model: str | None) -> float:
     """The papers' way: one clip after another, every feature, in this process."""
     config = config_for(root, Path(tempfile.mkdtemp()), fer_model)
-    extractors = [build_extractor(name, params) for name, params in requested_extractors(config).items()]
+    extractors = [
+        build_extractor(name, params) for name, params in requested_extractors(config).items()
+    ]
     embedders = {e.name: e.make_embedder() for e in extractors}
     detector = HaarFaceDetector()
     started = time.perf_counter()
@@ -110,7 +118,9 @@ class WorkerMemory:
         while not self._stop.is_set():
             for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 command = " ".join(process.info["cmdline"] or [])
-                if process.info["memory_info"] and ("ray::" in command or "default_worker" in command):
+                if process.info["memory_info"] and (
+                    "ray::" in command or "default_worker" in command
+                ):
                     self.peak = max(self.peak, process.info["memory_info"].rss)
             time.sleep(0.2)
 
@@ -124,11 +134,15 @@ class WorkerMemory:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--actors", type=int, default=4)
     parser.add_argument("--clips-per-emotion", type=int, default=1)
     parser.add_argument("--fer-model", help="FER-2013 mini-Xception HDF5 (default: random weights)")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="orchestrate-bench-")))
+    parser.add_argument(
+        "--out", type=Path, default=Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
+    )
     args = parser.parse_args()
 
     corpus = args.out / "corpus"
@@ -161,14 +175,29 @@ def main() -> None:
     rows = [
         ("decode floor (2 CPUs)", floor, "1.00"),
         ("cold ingest, 2 CPUs", cold, f"{cold / floor:.2f}x the floor (target ≤ 1.25x)"),
-        ("cold ingest, 1 CPU", one_worker, f"2 CPUs are {one_worker / cold:.2f}x faster (target ≥ 1.8x)"),
+        (
+            "cold ingest, 1 CPU",
+            one_worker,
+            f"2 CPUs are {one_worker / cold:.2f}x faster (target ≥ 1.8x)",
+        ),
         ("warm re-ingest, 2 CPUs", warm, f"{warm / cold:.1%} of cold (target ≤ 5%)"),
-        ("sequential script, 1 process", sequential, f"ingest is {sequential / cold:.2f}x faster (target ≥ 1.8x)"),
-        (f"cold ingest of {2 * n_clips} clips, 2 CPUs", cold_2n, f"{cold_2n / cold:.2f}x the {n_clips}-clip run"),
+        (
+            "sequential script, 1 process",
+            sequential,
+            f"ingest is {sequential / cold:.2f}x faster (target ≥ 1.8x)",
+        ),
+        (
+            f"cold ingest of {2 * n_clips} clips, 2 CPUs",
+            cold_2n,
+            f"{cold_2n / cold:.2f}x the {n_clips}-clip run",
+        ),
     ]
-    print(f"\n{n_clips} generated clips ({args.actors} actors x 8 emotions x {args.clips_per_emotion}), "
-          f"{psutil.cpu_count()} cores, every extractor (VGG16 random weights, FER "
-          f"{'from ' + args.fer_model if args.fer_model else 'random weights'})\n")
+    print(
+        f"\n{n_clips} generated clips "
+        f"({args.actors} actors x 8 emotions x {args.clips_per_emotion}), "
+        f"{psutil.cpu_count()} cores, every extractor (VGG16 random weights, FER "
+        f"{'from ' + args.fer_model if args.fer_model else 'random weights'})\n"
+    )
     print("| measurement | seconds | ratio |\n|---|---|---|")
     for name, seconds, ratio in rows:
         print(f"| {name} | {seconds:.1f} | {ratio} |")

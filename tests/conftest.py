@@ -22,5 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """The real sample data; tests that use it skip when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+        pytest.skip(
+            f"real sample data not found at {SHARED_DATA} (../shared/data beside the checkout)"
+        )
     return SHARED_DATA
