@@ -1,15 +1,19 @@
 """Procedurally drawn faces for the demo corpus.
 
-A face is drawn with OpenCV primitives in a face-local frame (unit = half the head's width,
-x to the right, y down, origin at the head's centre) that an affine pose maps into the image,
-so head motion, scale jitter and a slight roll need no resampling of the drawn face. Drawing
+A face lives in a face-local frame (unit = half the head's width, x to the right, y down,
+origin at the head's centre) that an affine pose (position, scale, roll) maps into the image.
+The parts that never move on the head (hair, ears, shaded skin) are drawn once per actor into
+a sprite that is warped into each frame; the parts that carry the expression (eyes, brows,
+nose lines, mouth) are drawn per frame as OpenCV primitives through the same pose. Drawing
 happens at ``SUPERSAMPLE`` times the output size and is area-downscaled, which anti-aliases
 the small frames.
 
-The Haar frontal-face cascade keys on luminance contrasts: eye sockets darker than the cheeks
-below them, a bright nose bridge between the eyes, dark brows over a lighter forehead, and a
-head that stands out from its surround. The skin shading below is shaped for those features
-so that every skin tone, expression and pose stays detectable.
+The Haar frontal-face cascade keys on luminance contrasts and proportions: an eye band darker
+than the cheeks below and the forehead above, a bright nose bridge between the eyes, a head
+that stands out from its surround, and eyes, nose and mouth where a real face has them. The
+shading and the geometry ranges below were tuned against the cascade (thin brows, eyes close
+to the head's centre line, a mouth not too far below the nose), so that every skin tone,
+expression and pose stays detectable.
 """
 
 from __future__ import annotations
@@ -115,13 +119,13 @@ def draw_identity(rng: np.random.Generator, female: bool) -> FaceIdentity:
     lip = skin * np.array([0.82, 0.55, 0.55]) + np.array([30.0, 0.0, 0.0])
     return FaceIdentity(
         head_half_width=rng.uniform(27.0, 32.0) * (0.96 if female else 1.0),
-        head_aspect=rng.uniform(1.22, 1.36),
-        eye_spacing=rng.uniform(0.36, 0.44),
-        eye_height=rng.uniform(-0.22, -0.12),
+        head_aspect=rng.uniform(1.3, 1.42),
+        eye_spacing=rng.uniform(0.33, 0.39),
+        eye_height=rng.uniform(-0.1, 0.0),
         eye_size=rng.uniform(0.15, 0.19) * (1.05 if female else 1.0),
         brow_thickness=rng.uniform(0.033, 0.048) * (0.85 if female else 1.0),
-        nose_length=rng.uniform(0.28, 0.40),
-        mouth_height=rng.uniform(0.66, 0.76),
+        nose_length=rng.uniform(0.28, 0.36),
+        mouth_height=rng.uniform(0.56, 0.64),
         mouth_half_width=rng.uniform(0.27, 0.34),
         lip_thickness=rng.uniform(0.05, 0.08) * (1.15 if female else 1.0),
         skin_rgb=tuple(float(c) for c in skin),

@@ -217,22 +217,26 @@ def synthesize_speech(
     flow = _rosenberg_flow(np.cumsum(f0) / SAMPLE_RATE, open_quotient=0.6 - 0.15 * tilt)
     source = np.diff(flow, prepend=0.0) * SAMPLE_RATE / f0  # ≈ pitch-independent amplitude
     breath = max(0.0, prosody.breathiness + voice.breathiness)
-    aspiration = rng.standard_normal(n_samples) * (0.3 + flow) * breath * 2.0
+    # Aspiration: turbulence at the glottis, strongest while it is open (Klatt); it is shaped
+    # by the same resonators as the voiced source.
+    aspiration = rng.standard_normal(n_samples) * (0.3 + flow) * breath * 8.0
     excitation = (source + aspiration) * voicing_s
     voiced = _formant_cascade(excitation, formants)
     voiced = _spectral_tilt(voiced, tilt)
 
+    # Vowels set the reference level; consonant noise is placed relative to them, so that
+    # a pressed or breathy voice does not change how loud its fricatives are.
+    active = voicing_s > 0.3
+    voiced /= float(np.sqrt(np.mean(voiced[active] ** 2))) if active.any() else 1.0
     fric_noise = signal.sosfilt(
         signal.butter(2, [2500.0, 8000.0], "bandpass", fs=SAMPLE_RATE, output="sos"),
         rng.standard_normal(n_samples),
     )
-    speech = voiced + frication_s * fric_noise * 1.5
+    speech = voiced + frication_s * 0.9 * fric_noise / np.std(fric_noise)
 
-    # Absolute level: the reference is -26 dBFS RMS over the voiced stretch.
-    active = voicing_s > 0.3
-    rms = float(np.sqrt(np.mean(speech[active] ** 2))) if active.any() else 1.0
+    # Absolute level: neutral vowels sit at -26 dBFS RMS; loudness is part of the prosody.
     level_db = -26.0 + prosody.loudness_db + voice.loudness_db
-    return (speech * (10.0 ** (level_db / 20.0) / rms)).astype(np.float32)
+    return (speech * 10.0 ** (level_db / 20.0)).astype(np.float32)
 
 
 def _rosenberg_flow(phase: np.ndarray, open_quotient: float) -> np.ndarray:
@@ -270,14 +274,14 @@ def _formant_cascade(excitation: np.ndarray, formants_hz: np.ndarray) -> np.ndar
 
 
 def _spectral_tilt(x: np.ndarray, tilt: float) -> np.ndarray:
-    """A high shelf above ~1 kHz: +9 dB at tilt +1 (pressed voice), -9 dB at tilt -1."""
+    """A high shelf above ~1 kHz: +12 dB at tilt +1 (pressed voice), -12 dB at tilt -1."""
     b, a = signal.butter(1, 1000.0, fs=SAMPLE_RATE)
     low = signal.lfilter(b, a, x)
-    return low + 10.0 ** (9.0 * tilt / 20.0) * (x - low)
+    return low + 10.0 ** (12.0 * tilt / 20.0) * (x - low)
 
 
 def room_and_noise(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The clip's acoustics: a short reverberant tail, pink background noise and mains hum."""
+    """The clip's acoustics: a short reverberant tail, room noise and mains hum."""
     n = speech.size
     rt60 = rng.uniform(0.12, 0.35)
     tail_n = int(rt60 * SAMPLE_RATE)
@@ -292,10 +296,12 @@ def room_and_noise(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         [1.0, -2.494956002, 2.017265875, -0.522189400],
         rng.standard_normal(n + 2000),
     )[2000:]
-    pink *= 10.0 ** (rng.uniform(-58.0, -44.0) / 20.0) / np.sqrt(np.mean(pink**2))
+    # Room noise is darker than pink (ventilation, traffic): another -6 dB/octave above 200 Hz.
+    room = signal.lfilter(*signal.butter(1, 200.0, fs=SAMPLE_RATE), pink)
+    room *= 10.0 ** (rng.uniform(-62.0, -48.0) / 20.0) / np.sqrt(np.mean(room**2))
     t = np.arange(n) / SAMPLE_RATE
     mains = rng.choice([50.0, 60.0])
     hum = sum(
         np.sin(2 * np.pi * mains * k * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3)
     ) * 10.0 ** (rng.uniform(-70.0, -52.0) / 20.0)
-    return np.clip(wet + pink + hum, -1.0, 1.0).astype(np.float32)
+    return np.clip(wet + room + hum, -1.0, 1.0).astype(np.float32)
