@@ -386,7 +386,10 @@ def write_clip(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray) -> N
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = FRAME_WIDTH, FRAME_HEIGHT, "yuv420p"
         video.codec_context.thread_count = 1  # single-threaded x264 is deterministic
-        video.options = {"crf": "20", "preset": "medium"}
+        # A constant quantiser, not CRF: CRF's macroblock-tree rate control reads memory
+        # x264 never initialised here, so the same frames gave different bytes from one
+        # process (or heap state) to the next (reproduced with MALLOC_PERTURB_).
+        video.options = {"qp": "20", "preset": "medium"}
         sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         sound.codec_context.thread_count = 1
 
