@@ -245,9 +245,14 @@ def extract_one_clip(
     Every row gets the same columns (``<extractor>.status/.reason/.payload``) so that
     Ray Data blocks share one schema; an extractor whose row is cached gets ``cached``.
     """
+    import cv2
+
     from orchestrate.faces import HaarFaceDetector
     from orchestrate.media import decode_clip
 
+    # One Ray CPU, one thread: Ray already sets OMP_NUM_THREADS=1 for torch in its workers,
+    # and OpenCV's own thread pool would otherwise oversubscribe the node's cores.
+    cv2.setNumThreads(1)
     clip = Clip(**{name: row[name] for name in Clip.__dataclass_fields__})
     missing = [e for e in extractors if e.name in row["missing"]]
     media: dict[str, Any] = {}
