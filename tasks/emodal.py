@@ -76,6 +76,16 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 30,
 }
 
+# The knobs each variant reads: a sweep of a variant searches only these (unimodal rows
+# train their own head with cross-entropy alone, so no loss weight reaches them).
+_TRAINING_KNOBS = ("feature_size", "lr", "batch_size", "epochs")
+_IMAGE_KNOBS = ("conv_channels", "fc_width", "dropout")
+VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
+    "audio": _TRAINING_KNOBS,
+    "video": (*_TRAINING_KNOBS, *_IMAGE_KNOBS),
+    "fused": (*_TRAINING_KNOBS, *_IMAGE_KNOBS, "w_common", "w_cls", "w_img", "w_aud"),
+}
+
 PAPER_PROTOCOL = "random-80-20"
 
 _PAPER_NOTE = (

@@ -72,7 +72,24 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 20,  # not in the paper; ASHA stops weak configurations earlier
 }
 
+_SHARED_KNOBS = ("fc_units", "dropout", "lr", "batch_size", "epochs")
+_VIDEO_KNOBS = ("video_gru_layers", "video_gru_units", "video_batch_norm")
+_AUDIO_KNOBS = ("audio_gru_layers", "audio_gru_units", "audio_batch_norm")
+# The knobs each variant reads: a sweep of a variant searches only these.
+VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
+    "audio": (*_AUDIO_KNOBS, *_SHARED_KNOBS),
+    "video": (*_VIDEO_KNOBS, *_SHARED_KNOBS),
+    "fused": (*_VIDEO_KNOBS, *_AUDIO_KNOBS, *_SHARED_KNOBS),
+}
+
 PAPER_PROTOCOL = "stratified-10fold"  # the fused model's; the single branches used random 80/20
+# The paper's protocol per variant: Tables I and II (single branches) are one random 80/20
+# split, the fused model's 90% is 10-fold cross-validation.
+VARIANT_PROTOCOLS: dict[str, str] = {
+    "audio": "random-80-20",
+    "video": "random-80-20",
+    "fused": "stratified-10fold",
+}
 
 PAPER_RESULTS: tuple[PaperResult, ...] = (
     PaperResult(

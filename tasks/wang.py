@@ -39,9 +39,13 @@ What the paper leaves open, and what this module does:
   a removed unit's outgoing weights are added to its kept twin (the unit it was closest to
   in that pair), and the difference of their centres times those weights to the output
   bias, so the rebuilt net computes nearly what the unpruned one did.
-- Algorithm 1's "repeat" is read as: prune once, after the first epoch, then train on (a
-  fresh Adam state for the rebuilt net). Adam replaces the paper's unnamed PyTorch
-  optimiser: plain SGD at lr 1e-4 barely moves in 200 epochs.
+- Algorithm 1's "repeat" is read as: prune once, after one epoch of the full net, then train
+  the rebuilt net (a fresh Adam state) for the full ``epochs``. A sweep counts epochs by
+  ``fit_epoch()`` calls, so the first call does the pruning step whole: one epoch of the
+  full net, prune, rebuild, then the pruned net's first epoch. After ``epochs`` calls the
+  pruned net has trained ``epochs`` epochs, after the full net's one. Adam
+  replaces the paper's unnamed PyTorch optimiser: plain SGD at lr 1e-4 barely moves in 200
+  epochs.
 - The shallow net is trained with cross-entropy (the paper names a loss only for the CNN);
   its probabilities are the softmax of its outputs.
 - CNN branch: input ``(1 channel, length 5)``; five blocks of Conv1d(kernel 3, same padding)
@@ -109,6 +113,18 @@ DEFAULTS: dict[str, Any] = {
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "shallow-lpq": {"epochs": 200},
     "shallow-phog": {"epochs": 200},
+}
+
+_TRAINING_KNOBS = ("pca_components", "lr", "batch_size", "epochs")
+_SHALLOW_KNOBS = (*_TRAINING_KNOBS, "hidden_units", "prune_angle", "activation_centring")
+_CNN_KNOBS = (*_TRAINING_KNOBS, "cnn_channels", "fusion_width")
+# The knobs each variant reads: a sweep of a variant searches only these.
+VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
+    "shallow-lpq": _SHALLOW_KNOBS,
+    "shallow-phog": _SHALLOW_KNOBS,
+    "cnn-lpq": _CNN_KNOBS,
+    "cnn-phog": _CNN_KNOBS,
+    "cnn-fused": _CNN_KNOBS,
 }
 
 PAPER_PROTOCOL = "stratified-kfold"
@@ -367,7 +383,8 @@ class WangTrainer:
         self.config = config
         self.variant = variant
         self.seed = seed
-        self.epoch = 0
+        self.epoch = 0  # fit_epoch calls
+        self.passes = 0  # passes over the training rows (the shallow net's first call makes 2)
         self.shallow = variant.startswith("shallow")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
@@ -392,10 +409,25 @@ class WangTrainer:
         self.pruned_units: list[int] = []
 
     def fit_epoch(self) -> dict[str, float]:
-        """One pass in shuffled mini-batches; the shallow net is pruned after its first epoch."""
+        """One epoch in shuffled mini-batches.
+
+        The shallow net's first call trains the full net one epoch, prunes it, and trains the
+        rebuilt net its first epoch (see the module docstring); ``train_loss`` is the last pass's.
+        """
         self.epoch += 1
-        torch.manual_seed(self.seed * 100_003 + self.epoch)
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.labels))
+        if self.shallow and self.epoch == 1:
+            self._train_pass()
+            self._prune()
+        metrics = {"train_loss": self._train_pass()}
+        if self.shallow:
+            metrics["hidden_units"] = float(self.model.hidden.out_features)
+        return metrics
+
+    def _train_pass(self) -> float:
+        """One pass over the training rows; the mean training loss."""
+        self.passes += 1
+        torch.manual_seed(self.seed * 100_003 + self.passes)
+        order = np.random.default_rng((self.seed, self.passes)).permutation(len(self.labels))
         self.model.train()
         loss_fn = shallow_loss if self.shallow else cnn_loss
         total = 0.0
@@ -407,12 +439,7 @@ class WangTrainer:
             loss.backward()
             self.optimizer.step()
             total += loss.item() * len(index)
-        metrics = {"train_loss": total / len(order)}
-        if self.shallow:
-            if self.epoch == 1:
-                self._prune()
-            metrics["hidden_units"] = float(self.model.hidden.out_features)
-        return metrics
+        return total / len(order)
 
     @torch.no_grad()
     def _prune(self) -> None:

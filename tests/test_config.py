@@ -27,6 +27,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
     )
     config = load_config(path, ["sweep.num_samples=5", "tasks.0.variants=[audio, fused]", "seed=7"])
     assert config.dataset.name == "crema-d"
+    assert config.dataset.vocal_channel == "speech"  # the papers' choice, by default
     assert config.sweep.num_samples == 5
     assert config.tasks[0].variants == ["audio", "fused"]
     assert config.seed == 7
@@ -42,6 +43,10 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         (
             ["dataset.name=mnist"],
             "dataset.name: 'mnist' is not one of ravdess, crema-d, sfew-table",
+        ),
+        (
+            ["dataset.vocal_channel=singing"],
+            "dataset.vocal_channel: 'singing' is not one of speech, song, all",
         ),
         (["sweep.protocol=leave-one-out"], "sweep.protocol: 'leave-one-out' is not one of"),
         (["ingest.extractors.vgg19={}"], "ingest.extractors.vgg19: unknown extractor"),

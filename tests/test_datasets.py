@@ -75,7 +75,7 @@ def test_ravdess_full_av_clip(shared_data: Path) -> None:
 
 def test_ravdess_audio_only_clips(shared_data: Path) -> None:
     listing = list_clips("ravdess", str(shared_data / "ravdess" / "audio"))
-    assert listing.rejected == []
+    assert listing.rejected == [] and listing.skipped == {}  # the speech channel only
     assert len(listing.clips) == 240
     assert all(clip.video_uri is None and clip.audio_uri for clip in listing.clips)
     assert all(clip.audio_uri.endswith(clip.clip_id + ".wav") for clip in listing.clips)
@@ -92,37 +92,112 @@ def test_ravdess_audio_only_clips(shared_data: Path) -> None:
     assert all(f"Actor_{clip.actor}/" in clip.audio_uri for clip in listing.clips)
 
 
-def test_ravdess_pairs_video_only_with_audio_only(tmp_path: Path) -> None:
+SONG_LEFT_OUT = "files of the song channel left out (dataset.vocal_channel=speech)"
+
+
+def test_ravdess_lists_one_clip_per_recording_from_its_best_source(tmp_path: Path) -> None:
     touch(
         tmp_path,
+        # Recording 01-05-01-01-01-03 shipped all three ways: the full-AV file is its clip.
+        "av/Actor_03/01-01-05-01-01-01-03.mp4",
         "video/Actor_03/02-01-05-01-01-01-03.mp4",
         "audio/Actor_03/03-01-05-01-01-01-03.wav",
-        "av/Actor_03/01-01-05-01-01-01-03.mp4",
-        "video/Actor_10/02-02-03-02-01-02-10.mp4",
+        # Full AV and audio-only, no video-only: still the full-AV file.
+        "av/Actor_05/01-01-04-01-02-01-05.mp4",
+        "audio/Actor_05/03-01-04-01-02-01-05.wav",
+        # Video-only + audio-only: one paired clip.
+        "video/Actor_03/02-01-05-01-01-02-03.mp4",
+        "audio/Actor_03/03-01-05-01-01-02-03.wav",
+        # Lone video-only, lone audio-only.
+        "video/Actor_10/02-01-03-02-01-02-10.mp4",
         "audio/Actor_24/03-01-08-02-02-02-24.wav",
+        # Song channel: left out under the default vocal channel (speech), and counted.
+        "video/Actor_10/02-02-03-02-01-02-10.mp4",
+        "audio/Actor_10/03-02-03-02-01-02-10.wav",
         "README.txt",
         "Actor_03/notes.csv",
         ".hidden/03-01-01-01-01-01-01.wav",
         "._03-01-01-01-01-01-01.wav",
     )
     listing = list_clips("ravdess", str(tmp_path))
-    assert listing.rejected == []
     clips = by_id(listing.clips)
-    assert list(clips) == sorted(clips)
-    paired = clips["02+03-01-05-01-01-01-03"]
-    assert paired.video_uri == str(tmp_path / "video/Actor_03/02-01-05-01-01-01-03.mp4")
-    assert paired.audio_uri == str(tmp_path / "audio/Actor_03/03-01-05-01-01-01-03.wav")
-    assert (paired.actor, paired.label) == ("03", "angry")
-    # The full-AV recording of the same id stays its own clip.
+    assert list(clips) == [
+        "01-01-04-01-02-01-05",
+        "01-01-05-01-01-01-03",
+        "02+03-01-05-01-01-02-03",
+        "02-01-03-02-01-02-10",
+        "03-01-08-02-02-02-24",
+    ]
+    # One clip per recording: no take can land on both sides of a split.
+    recordings = [clip_id.split("-", 1)[1] for clip_id in clips]
+    assert len(set(recordings)) == len(recordings)
     full = clips["01-01-05-01-01-01-03"]
-    assert (
-        full.video_uri == full.audio_uri == str(tmp_path / "av/Actor_03/01-01-05-01-01-01-03.mp4")
-    )
-    song = clips["02-02-03-02-01-02-10"]  # vocal channel 02 (song), video without its audio
-    assert (song.actor, song.label, song.audio_uri) == ("10", "happy", None)
+    full_uri = str(tmp_path / "av/Actor_03/01-01-05-01-01-01-03.mp4")
+    assert full.video_uri == full.audio_uri == full_uri
+    assert (full.actor, full.label) == ("03", "angry")
+    paired = clips["02+03-01-05-01-01-02-03"]
+    assert paired.video_uri == str(tmp_path / "video/Actor_03/02-01-05-01-01-02-03.mp4")
+    assert paired.audio_uri == str(tmp_path / "audio/Actor_03/03-01-05-01-01-02-03.wav")
+    assert (paired.actor, paired.label) == ("03", "angry")
+    lone_video = clips["02-01-03-02-01-02-10"]
+    assert (lone_video.actor, lone_video.label, lone_video.audio_uri) == ("10", "happy", None)
     lone_audio = clips["03-01-08-02-02-02-24"]
     assert (lone_audio.actor, lone_audio.label, lone_audio.video_uri) == ("24", "surprised", None)
-    assert len(clips) == 4
+
+    # The files a better source replaced are reported, not dropped silently.
+    other_full = str(tmp_path / "av/Actor_05/01-01-04-01-02-01-05.mp4")
+    assert [(r.uri, r.reason) for r in listing.rejected] == [
+        (
+            str(tmp_path / "audio/Actor_03/03-01-05-01-01-01-03.wav"),
+            f"03-01-05-01-01-01-03.wav: recording 01-05-01-01-01-03 already listed from {full_uri}",
+        ),
+        (
+            str(tmp_path / "audio/Actor_05/03-01-04-01-02-01-05.wav"),
+            f"03-01-04-01-02-01-05.wav: recording 01-04-01-02-01-05 already listed from "
+            f"{other_full}",
+        ),
+        (
+            str(tmp_path / "video/Actor_03/02-01-05-01-01-01-03.mp4"),
+            f"02-01-05-01-01-01-03.mp4: recording 01-05-01-01-01-03 already listed from {full_uri}",
+        ),
+    ]
+    assert listing.skipped == {SONG_LEFT_OUT: 2}
+
+
+def test_ravdess_vocal_channel_picks_speech_song_or_all(tmp_path: Path) -> None:
+    touch(
+        tmp_path,
+        "01-01-03-01-01-01-01.mp4",  # speech
+        "03-01-04-01-01-01-01.wav",  # speech
+        "01-02-03-01-01-01-01.mp4",  # song, same codes otherwise: another recording
+        "03-02-05-02-02-02-02.wav",  # song
+        "03-02-05-02-02-02-99.wav",  # song, but a bad name: rejected whatever the channel
+    )
+    speech = list_clips("ravdess", str(tmp_path))
+    assert [clip.clip_id for clip in speech.clips] == [
+        "01-01-03-01-01-01-01",
+        "03-01-04-01-01-01-01",
+    ]
+    assert speech.skipped == {SONG_LEFT_OUT: 2}
+    song = list_clips("ravdess", str(tmp_path), vocal_channel="song")
+    assert [clip.clip_id for clip in song.clips] == ["01-02-03-01-01-01-01", "03-02-05-02-02-02-02"]
+    assert song.skipped == {"files of the speech channel left out (dataset.vocal_channel=song)": 2}
+    every = list_clips("ravdess", str(tmp_path), vocal_channel="all")
+    assert [clip.clip_id for clip in every.clips] == sorted(
+        clip.clip_id for clip in speech.clips + song.clips
+    )
+    assert every.skipped == {}
+    for listing in (speech, song, every):
+        assert [Path(r.uri).name for r in listing.rejected] == ["03-02-05-02-02-02-99.wav"]
+    with pytest.raises(ValueError, match="vocal channel 'singing' is not one of speech, song, all"):
+        list_clips("ravdess", str(tmp_path), vocal_channel="singing")
+
+
+def test_crema_d_has_no_vocal_channel_to_pick(shared_data: Path) -> None:
+    root = str(shared_data / "crema-d")
+    speech = list_clips("crema-d", root)
+    assert list_clips("crema-d", root, vocal_channel="song") == speech
+    assert speech.skipped == {}
 
 
 BAD_RAVDESS_NAMES = {

@@ -176,3 +176,36 @@ def test_ingest_cli_exit_status_follows_the_failure_ratio(
     )
     assert lenient.returncode == 0, lenient.stderr[-2000:]
     assert "8 clips, 0 computed, 8 from cache" in lenient.stdout
+
+
+def test_ingest_leaves_out_the_song_channel_and_sweeps_count_identical_files_once(
+    shared_data: Path, tmp_path: Path, local_ray
+) -> None:
+    audio = shared_data / "ravdess" / "audio" / "Actor_01"
+    root = tmp_path / "clips" / "Actor_01"
+    root.mkdir(parents=True)
+    shutil.copy(audio / "03-01-03-01-02-01-01.wav", root / "03-01-03-01-02-01-01.wav")
+    # The quirk of RAVDESS's public audio copy (Actor_07's 03-01-03-01-02-0{1,2}-07),
+    # reproduced: two takes' names on the very same bytes.
+    shutil.copy(audio / "03-01-03-01-02-01-01.wav", root / "03-01-03-01-02-02-01.wav")
+    shutil.copy(audio / "03-01-04-01-01-01-01.wav", root / "03-01-04-01-01-01-01.wav")
+    # A song-channel name (vocal channel 02): not a clip under dataset.vocal_channel=speech.
+    shutil.copy(audio / "03-01-04-01-01-02-01.wav", root / "03-02-04-01-01-01-01.wav")
+    config = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            f"dataset.root={root.parent}",
+            "ingest.extractors={emodal_audio: {}}",
+        ],
+    )
+    summary = ingest(config, progress=False)
+    assert (summary.clips, summary.ok, summary.failed) == (3, 3, 0)
+    assert summary.rejected_files == []
+    assert "  1 files of the song channel left out (dataset.vocal_channel=speech)" in (
+        summary.lines()
+    )
+
+    features, left_out = feature_source(config, TASKS["emodal"], "audio").load()
+    assert features.clip_ids == ["03-01-03-01-02-01-01", "03-01-04-01-01-01-01"]
+    assert left_out == [("03-01-03-01-02-02-01", "byte-identical to 03-01-03-01-02-01-01")]

@@ -104,9 +104,42 @@ def test_the_fused_models_are_trained_on_their_own_actors() -> None:
     assert trainer.forest.estimators_[0].tree_.weighted_n_node_samples[0] == meta_clips == 120
 
 
-def test_too_few_actors_for_stacking_is_a_clear_error() -> None:
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_audio_row_is_the_fused_rows_base_svm(seed: int) -> None:
+    """Same seed, same base actors: the audio SVM is the one the fused model stacks on."""
+    train = synthetic_clips(RAVDESS_ACTORS[:20], signal=1.0)
+    test = synthetic_clips(RAVDESS_ACTORS[20:], seed=1, signal=1.0)
+    audio = mitseas.make_trainer(SMALL, "audio", train, seed=seed)
+    fused = mitseas.make_trainer(SMALL, "fused", train, seed=seed)
+    np.testing.assert_array_equal(audio.base_actors, fused.base_actors)
+    assert len(audio.base_actors) == 8  # the paper's 8 base actors of 20
+    audio.fit_epoch()
+    fused.fit_epoch()
+    assert audio.svm is not None and fused.svm is not None
+    assert audio.svm.calibrated_classifiers_[0].estimator[-1].shape_fit_[0] == 80  # 8 x 10 clips
+    x = np.stack(test.columns[mitseas.AUDIO_COLUMN]).astype(np.float64)
+    np.testing.assert_array_equal(
+        audio.predict_proba(test), mitseas.class_probabilities(fused.svm, x)
+    )
+
+
+def test_the_audio_all_actors_row_trains_its_svm_on_every_training_actor() -> None:
+    train = synthetic_clips(RAVDESS_ACTORS[:20], signal=1.0)
+    trainer = mitseas.make_trainer(SMALL, "audio-all-actors", train, seed=0)
+    trainer.fit_epoch()
+    assert trainer.svm is not None and trainer.forest is None
+    assert trainer.svm.calibrated_classifiers_[0].estimator[-1].shape_fit_[0] == len(train) == 200
+    assert mitseas.VARIANTS["audio-all-actors"] == mitseas.VARIANTS["audio"]
+    assert mitseas.VARIANT_KNOBS["audio-all-actors"] == mitseas.VARIANT_KNOBS["audio"]
+    assert set(mitseas.VARIANT_KNOBS) == set(mitseas.VARIANTS)
+
+
+@pytest.mark.parametrize("variant", ["audio", "fused"])
+def test_too_few_actors_for_the_base_meta_split_is_a_clear_error(variant: str) -> None:
     with pytest.raises(ValueError, match="at least 2 training actors"):
-        mitseas.make_trainer(SMALL, "fused", synthetic_clips(RAVDESS_ACTORS[:1]), seed=0)
+        mitseas.make_trainer(SMALL, variant, synthetic_clips(RAVDESS_ACTORS[:1]), seed=0)
+    # The all-actors SVM needs no split.
+    mitseas.make_trainer(SMALL, "audio-all-actors", synthetic_clips(RAVDESS_ACTORS[:1]), seed=0)
 
 
 @pytest.mark.parametrize("variant", list(mitseas.VARIANTS))
@@ -147,6 +180,7 @@ def test_stacking_beats_each_base_model_on_unseen_actors(seed: int) -> None:
         accuracy[variant] = evaluate(test.labels, trainer.predict_proba(test), 5).accuracy
     # Each base model can tell at most 3 of the 5 classes apart (0.6); chance is 0.2.
     assert 0.4 < accuracy["audio"] <= 0.65 and 0.4 < accuracy["video"] <= 0.65
+    assert 0.4 < accuracy["audio-all-actors"] <= 0.65
     assert accuracy["fused"] > max(accuracy["audio"], accuracy["video"]) + 0.15
 
 
@@ -162,12 +196,12 @@ def test_same_seed_same_result(variant: str) -> None:
 
     first = trained(3)
     np.testing.assert_array_equal(first, trained(3))
-    if variant == "fused":  # the seed picks the base/meta actors and seeds the forest
-        assert not np.array_equal(first, trained(4))
+    # The seed picks the base actors (the audio SVM's data) and seeds the forest.
+    assert not np.array_equal(first, trained(4))
 
 
 def test_unknown_variant_lists_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="audio, video, fused"):
+    with pytest.raises(ValueError, match="audio, audio-all-actors, video, fused"):
         mitseas.make_trainer(SMALL, "text", synthetic_clips(RAVDESS_ACTORS[:4]), seed=0)
 
 
@@ -212,6 +246,10 @@ def test_paper_facts() -> None:
         ("fused", "accuracy"): 0.443,
         ("fused", "macro_f1"): 0.410,
     }
+    audio_accuracy = next(
+        r for r in mitseas.PAPER_RESULTS if (r.variant, r.metric) == ("audio", "accuracy")
+    )
+    assert "8 base actors" in audio_accuracy.note
     # The paper's Table 1 (combined model) gives exactly its reported accuracy and F1.
     table_1 = np.array(
         [[23, 0, 2, 0, 7], [8, 4, 15, 0, 5], [4, 11, 2, 0, 15], [2, 2, 4, 13, 11], [1, 2, 0, 0, 29]]

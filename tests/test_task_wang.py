@@ -174,6 +174,36 @@ def test_the_shallow_net_is_pruned_once_after_its_first_epoch() -> None:
     assert nothing.fit_epoch()["hidden_units"] == 16
 
 
+@pytest.mark.parametrize("variant", ["shallow-lpq", "cnn-lpq"])
+def test_epochs_fit_epoch_calls_train_the_final_net_epochs_epochs(variant: str) -> None:
+    """A sweep counts fit_epoch calls: the pruned net must still get all its epochs."""
+    rows = synthetic_rows(40)  # 4 batches of 10 per epoch
+    trainer = wang.make_trainer({"prune_angle": 60.0, "epochs": 3}, variant, rows, seed=0)
+    pruned_net: dict[str, torch.Tensor] = {}
+    prune = trainer._prune
+
+    def prune_and_remember() -> None:
+        prune()
+        pruned_net.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer._prune = prune_and_remember
+    first = trainer.fit_epoch()
+    if variant.startswith("shallow"):
+        # The first call trained the full net, pruned it, then trained the rebuilt net.
+        assert first["hidden_units"] < 16 and pruned_net
+        after = trainer.model.state_dict()
+        assert any(not torch.equal(after[k], pruned_net[k]) for k in pruned_net)
+    else:
+        assert not pruned_net  # the CNN is never pruned
+    for _ in range(2):
+        trainer.fit_epoch()
+    # The final net's Adam (fresh at pruning) took 3 epochs x 4 batches of steps.
+    steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
+    assert steps == {3 * 4}
+    assert trainer.epoch == 3
+    assert trainer.passes == (4 if variant.startswith("shallow") else 3)
+
+
 # -- the networks -------------------------------------------------------------------------------
 
 

@@ -33,11 +33,17 @@ class RejectedFile:
 
 @dataclass
 class ClipListing:
-    """An adapter's answer: the clips it understood and the files it rejected."""
+    """An adapter's answer: the clips it understood, the files it rejected, and those skipped.
+
+    ``skipped`` counts media files the run's settings leave out on purpose (not errors,
+    e.g. RAVDESS's song channel under ``dataset.vocal_channel=speech``): one-line reason ->
+    number of files, each reason phrased to follow its count ("12 files of the ... left out").
+    """
 
     dataset: str
     clips: list[Clip] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 # Containers an adapter treats as media: a file with one of these extensions whose name

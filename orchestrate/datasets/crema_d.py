@@ -102,11 +102,16 @@ def _preferred(uris: list[str], extensions: tuple[str, ...]) -> list[str]:
     return sorted(uris, key=lambda uri: (extensions.index(split_file_name(uri)[2]), uri))
 
 
-def list_crema_d(root: str, storage_options: Mapping[str, str] | None = None) -> ClipListing:
+def list_crema_d(
+    root: str,
+    storage_options: Mapping[str, str] | None = None,
+    vocal_channel: str = "speech",
+) -> ClipListing:
     """List the CREMA-D clips under ``root`` (a local folder or ``s3://bucket/prefix``).
 
-    Clips come back sorted by ``clip_id``, rejected files sorted by URI. Raises
-    FileNotFoundError when ``root`` does not exist.
+    ``vocal_channel`` is not used: CREMA-D has no vocal channel (it is taken so that every
+    adapter has the registry's one signature). Clips come back sorted by ``clip_id``,
+    rejected files sorted by URI. Raises FileNotFoundError when ``root`` does not exist.
     """
     listing = ClipListing(dataset=DATASET)
     names: dict[str, CremaDName] = {}

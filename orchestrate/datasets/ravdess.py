@@ -4,20 +4,26 @@ The seven two-digit codes are modality (01 full audio-visual, 02 video-only, 03
 audio-only), vocal channel (01 speech, 02 song), emotion (01-08, see
 ``orchestrate.emotions``), intensity (01 normal, 02 strong; neutral has no strong),
 statement (01/02), repetition (01/02) and actor (01-24). The release ships each recording
-three ways; how they become clips:
+three ways; a recording (``recording_id``, the six codes after the modality) becomes one
+clip, from the best source present, so one take can never land on both sides of a split:
 
-- ``01-…`` (full AV, a video container): one clip, ``video_uri == audio_uri`` = the file,
-  ``clip_id`` = the file's stem.
-- ``02-…`` (video-only) and ``03-…`` (audio-only) with the same remaining six codes: one
-  clip, video from the 02 file and audio from the 03 file, ``clip_id`` =
-  ``"02+03-" + VV-EE-II-SS-RR-AA`` (stable, and distinct from the 01 clip of the same
-  recording, which stays a separate clip).
-- a 02 file without its 03 partner: a video-only clip (``audio_uri`` None), ``clip_id`` = stem.
-- a 03 file without its 02 partner: an audio-only clip (``video_uri`` None), ``clip_id`` = stem.
+- a ``01-…`` file (full AV, a video container): ``video_uri == audio_uri`` = the file,
+  ``clip_id`` = the file's stem;
+- else a ``02-…`` (video-only) and a ``03-…`` (audio-only) file: video from the 02 file and
+  audio from the 03 file, ``clip_id`` = ``"02+03-" + VV-EE-II-SS-RR-AA``;
+- else a lone 02 file: a video-only clip (``audio_uri`` None), ``clip_id`` = stem;
+- else a lone 03 file: an audio-only clip (``video_uri`` None), ``clip_id`` = stem.
+
+The 02 and 03 files of a recording listed from its 01 file are reported in
+``ClipListing.rejected`` ("recording … already listed from …"), never dropped silently.
+
+``vocal_channel`` (``dataset.vocal_channel``) picks the channel: ``speech`` (the papers'
+choice, the default), ``song`` or ``all``. Files of the other channel are not clips: they
+are left out of the listing and counted in ``ClipListing.skipped``.
 
 Labels and actors come from the name only. A media file (see ``MEDIA_EXTENSIONS``) whose
 name does not parse, whose extension does not suit its modality, or which repeats a
-recording already listed (same name in another folder, or another container) is reported
+file already listed (same name in another folder, or another container) is reported
 in ``ClipListing.rejected`` with a one-line reason, never guessed. Files with other
 extensions (README, CSV, images) are not clips and are ignored.
 """
@@ -44,6 +50,13 @@ DATASET = "ravdess"
 FULL_AV, VIDEO_ONLY, AUDIO_ONLY = "01", "02", "03"
 MODALITY_NAMES = {FULL_AV: "full audio-visual", VIDEO_ONLY: "video-only", AUDIO_ONLY: "audio-only"}
 PAIRED_PREFIX = "02+03-"
+# dataset.vocal_channel -> the vocal channel codes it keeps.
+VOCAL_CHANNELS: dict[str, tuple[str, ...]] = {
+    "speech": ("01",),
+    "song": ("02",),
+    "all": ("01", "02"),
+}
+VOCAL_CHANNEL_NAMES = {"01": "speech", "02": "song"}
 
 _TWO_DIGITS = re.compile(r"\d\d")
 
@@ -133,16 +146,26 @@ def _clip(clip_id: str, name: RavdessName, video_uri: str | None, audio_uri: str
     )
 
 
-def list_ravdess(root: str, storage_options: Mapping[str, str] | None = None) -> ClipListing:
+def list_ravdess(
+    root: str,
+    storage_options: Mapping[str, str] | None = None,
+    vocal_channel: str = "speech",
+) -> ClipListing:
     """List the RAVDESS clips under ``root`` (a local folder or ``s3://bucket/prefix``).
 
-    Clips come back sorted by ``clip_id``, rejected files sorted by URI. Raises
-    FileNotFoundError when ``root`` does not exist.
+    One clip per recording of ``vocal_channel`` (``speech``, ``song`` or ``all``; see the
+    module docstring). Clips come back sorted by ``clip_id``, rejected files sorted by URI.
+    Raises ValueError for an unknown ``vocal_channel`` and FileNotFoundError when ``root``
+    does not exist.
     """
+    if vocal_channel not in VOCAL_CHANNELS:
+        raise ValueError(
+            f"vocal channel {vocal_channel!r} is not one of {', '.join(VOCAL_CHANNELS)}"
+        )
     listing = ClipListing(dataset=DATASET)
-    # (modality, recording id) -> (uri, parsed name); files arrive sorted, so the first
-    # copy of a recording wins deterministically and later copies are reported.
-    recordings: dict[tuple[str, str], tuple[str, RavdessName]] = {}
+    # recording id -> modality -> [(uri, parsed name)]; files arrive sorted, so the first
+    # copy of each modality wins deterministically and later copies are reported.
+    recordings: dict[str, dict[str, list[tuple[str, RavdessName]]]] = {}
     for uri in list_files(root, storage_options):
         file_name, _, extension = split_file_name(uri)
         if extension not in MEDIA_EXTENSIONS:
@@ -152,32 +175,53 @@ def list_ravdess(root: str, storage_options: Mapping[str, str] | None = None) ->
         except ValueError as error:
             listing.rejected.append(RejectedFile(uri=uri, reason=str(error)))
             continue
-        key = (parsed.modality, parsed.recording_id)
-        if key in recordings:
-            first_uri = recordings[key][0]
-            listing.rejected.append(
-                RejectedFile(
-                    uri=uri,
-                    reason=f"{file_name}: same recording as {first_uri}, which is listed",
-                )
+        if parsed.vocal_channel not in VOCAL_CHANNELS[vocal_channel]:
+            channel = VOCAL_CHANNEL_NAMES[parsed.vocal_channel]
+            reason = (
+                f"files of the {channel} channel left out (dataset.vocal_channel={vocal_channel})"
             )
+            listing.skipped[reason] = listing.skipped.get(reason, 0) + 1
             continue
-        recordings[key] = (uri, parsed)
+        by_modality = recordings.setdefault(parsed.recording_id, {})
+        by_modality.setdefault(parsed.modality, []).append((uri, parsed))
 
-    for (modality, recording_id), (uri, parsed) in recordings.items():
-        stem = split_file_name(uri)[1]
-        if modality == FULL_AV:
-            listing.clips.append(_clip(stem, parsed, uri, uri))
-        elif modality == VIDEO_ONLY:
-            partner = recordings.get((AUDIO_ONLY, recording_id))
-            if partner is None:
-                listing.clips.append(_clip(stem, parsed, uri, None))
-            else:
-                listing.clips.append(_clip(PAIRED_PREFIX + recording_id, parsed, uri, partner[0]))
-        elif (VIDEO_ONLY, recording_id) not in recordings:
-            # An audio-only file with a video-only partner was consumed by the pair above.
-            listing.clips.append(_clip(stem, parsed, None, uri))
+    for recording_id, by_modality in recordings.items():
+        clip = _recording_clip(recording_id, by_modality)
+        listing.clips.append(clip)
+        listed = {clip.video_uri, clip.audio_uri} - {None}
+        for files in by_modality.values():
+            first_uri = files[0][0]
+            for uri, _ in files:
+                if uri in listed:
+                    continue
+                file_name = split_file_name(uri)[0]
+                if first_uri in listed:
+                    # Another copy of a file that is listed (another folder or container).
+                    reason = f"{file_name}: same recording as {first_uri}, which is listed"
+                else:
+                    # Only a full-AV file supersedes other modalities: it is the clip's one URI.
+                    reason = (
+                        f"{file_name}: recording {recording_id} already listed from "
+                        f"{clip.video_uri}"
+                    )
+                listing.rejected.append(RejectedFile(uri=uri, reason=reason))
 
     listing.clips.sort(key=lambda clip: clip.clip_id)
     listing.rejected.sort(key=lambda rejected: rejected.uri)
     return listing
+
+
+def _recording_clip(
+    recording_id: str, by_modality: dict[str, list[tuple[str, RavdessName]]]
+) -> Clip:
+    """The one clip of a recording: full AV, else video-only + audio-only, else either alone."""
+    full, video, audio = (by_modality.get(m, [None])[0] for m in (FULL_AV, VIDEO_ONLY, AUDIO_ONLY))
+    if full is not None:
+        uri, parsed = full
+        return _clip(split_file_name(uri)[1], parsed, uri, uri)
+    if video is not None and audio is not None:
+        return _clip(PAIRED_PREFIX + recording_id, video[1], video[0], audio[0])
+    if video is not None:
+        return _clip(split_file_name(video[0])[1], video[1], video[0], None)
+    assert audio is not None  # a recording has at least one file
+    return _clip(split_file_name(audio[0])[1], audio[1], None, audio[0])

@@ -63,6 +63,8 @@ class IngestSummary:
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     failed_clips: list[tuple[str, str]] = field(default_factory=list)
     rejected_files: list[tuple[str, str]] = field(default_factory=list)
+    # Media files the run's settings leave out on purpose (ClipListing.skipped): reason -> count.
+    skipped_files: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -86,6 +88,8 @@ class IngestSummary:
             out.append(f"    {clip_id}: {reason}")
         if len(self.failed_clips) > 20:
             out.append(f"    ... and {len(self.failed_clips) - 20} more")
+        for reason, count in sorted(self.skipped_files.items()):
+            out.append(f"  {count} {reason}")
         if self.rejected_files:
             out.append(f"  rejected by the {self.dataset} adapter: {len(self.rejected_files)}")
             for _, reason in self.rejected_files[:20]:
@@ -126,13 +130,26 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
         return _ingest_sfew_table(config, store)
 
     started = time.perf_counter()
-    listing = list_clips(config.dataset.name, config.dataset.root, config.storage_options)
+    listing = list_clips(
+        config.dataset.name,
+        config.dataset.root,
+        config.storage_options,
+        vocal_channel=config.dataset.vocal_channel,
+    )
     extractors = [
         build_extractor(name, params) for name, params in requested_extractors(config).items()
     ]
     rejected = [(r.uri, r.reason) for r in listing.rejected]
     if not listing.clips:
-        return IngestSummary(config.dataset.name, 0, 0, 0, 0, rejected_files=rejected)
+        return IngestSummary(
+            config.dataset.name,
+            0,
+            0,
+            0,
+            0,
+            rejected_files=rejected,
+            skipped_files=dict(listing.skipped),
+        )
 
     clips = _hash_clips(listing.clips, config)
     store.write_manifest(config.dataset.name, config.dataset.root, clips)
@@ -157,6 +174,7 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     seconds = time.perf_counter() - started
     summary = _summarise(config.dataset.name, clips, extractors, store, len(work), seconds)
     summary.rejected_files = rejected
+    summary.skipped_files = dict(listing.skipped)
     return summary
 
 

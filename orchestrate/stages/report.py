@@ -9,6 +9,8 @@ and HTML artifacts and as a bar chart; plus confusion matrices and Optuna plots.
 from __future__ import annotations
 
 import html
+import json
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -21,11 +23,12 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-import yaml
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from orchestrate.config import RunConfig
-from orchestrate.stages.sweep import METRICS, VariantResult
+from orchestrate.protocols import ACTOR_PROTOCOLS
+from orchestrate.stages.sweep import METRICS, StudyOutcome, VariantResult
 
 METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "macro_f1": "macro-F1"}
 
@@ -43,50 +46,103 @@ def ensure_experiment(config: RunConfig) -> str:
 
 
 def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFrame:
-    """One row per variant: our mean ± std per metric, the paper's number and protocol."""
+    """One row per variant x protocol: outer-test numbers no search saw, beside the paper's.
+
+    Per metric: mean, sample std and a 95% t-interval over outer folds x seeds; the chosen
+    configurations' mean inner-validation UAR (the selection gap is ``validation_uar - uar``);
+    the chance UAR of a constant predictor; the paper's numbers and protocol.
+    """
     rows = []
     for result in results:
-        row: dict[str, object] = {"task": result.task, "variant": result.variant}
+        row: dict[str, object] = {
+            "task": result.task,
+            "variant": result.variant,
+            "protocol": result.protocol,
+            "speaker_independent": result.protocol in ACTOR_PROTOCOLS,
+            "is_paper_protocol": result.is_paper_protocol,
+            "selection": result.selection,
+        }
         for metric in METRICS:
-            mean, std = result.mean_std(metric)
-            row[metric] = round(mean, 4)
-            row[f"{metric}_std"] = round(std, 4)
+            mean, std, low, high = result.summary(metric)
+            row[metric] = _rounded(mean)
+            row[f"{metric}_std"] = _rounded(std)
+            row[f"{metric}_ci95_low"] = _rounded(low)
+            row[f"{metric}_ci95_high"] = _rounded(high)
+        row["validation_uar"] = _rounded(result.validation_uar)
+        row["chance_uar"] = round(1.0 / result.n_classes, 4)
+        row["n"] = len(result.finals)
+        row["folds"] = len(result.outcomes)
+        row["seeds"] = len({final.seed for final in result.finals})
+        row["trials"] = result.trials
+        row["chosen_configs"] = json.dumps(
+            [_plain(config) for config in result.chosen_configs], sort_keys=True
+        )
         paper = [p for p in task.PAPER_RESULTS if p.variant == result.variant]
         row["paper"] = "; ".join(
             f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper
         )
         row["paper_protocol"] = "; ".join(dict.fromkeys(p.protocol for p in paper))
-        row["protocol"] = result.protocol
-        row["folds"] = len(result.fold_metrics)
-        row["trials"] = result.trials
         row["clips_left_out"] = len(result.left_out)
         row["error"] = result.error or ""
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _rounded(value: float) -> float:
+    return round(value, 4) if np.isfinite(value) else float("nan")
+
+
+def _plain(config: dict) -> dict:
+    """A configuration with numpy scalars turned into plain Python values (for JSON)."""
+    return {key: value.item() if hasattr(value, "item") else value for key, value in config.items()}
+
+
+def _cell(row: dict, metric: str) -> str:
+    mean, std = row[metric], row[f"{metric}_std"]
+    if not np.isfinite(mean):
+        return "—"
+    if not np.isfinite(std):
+        return f"{mean:.3f} (n=1)"
+    low, high = row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
+    return f"{mean:.3f} ± {std:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def protocol_label(row: dict) -> str:
+    speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
+    paper = "paper's, " if row["is_paper_protocol"] else ""
+    return f"{row['protocol']} ({paper}{speaker}, {row['folds']} folds x {row['seeds']} seeds)"
+
+
 def table_markdown(table: pd.DataFrame) -> str:
-    """The ablation table as Markdown: mean ± std cells, the paper's numbers beside them."""
+    """The ablation table as Markdown: outer-test mean ± std [95% interval], paper beside it."""
     header = [
         "variant",
-        *(METRIC_NAMES[m] for m in METRICS),
+        "protocol",
+        "selection",
+        *(f"test {METRIC_NAMES[m]}" for m in METRICS),
+        "validation UAR",
+        "chance UAR",
         "paper",
         "paper protocol",
-        "our protocol",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
-        ours = (
-            [f"{row[m]:.3f} ± {row[f'{m}_std']:.3f}" for m in METRICS]
-            if not row["error"]
-            else [f"not swept: {row['error']}", "", ""]
-        )
+        if row["error"] and not row["n"]:
+            ours = [f"not swept: {row['error']}", "", "", ""]
+        else:
+            validation = row["validation_uar"]
+            ours = [
+                *(_cell(row, m) for m in METRICS),
+                f"{validation:.3f}" if np.isfinite(validation) else "—",
+            ]
         cells = [
             row["variant"],
+            protocol_label(row),
+            row["selection"],
             *ours,
+            f"{row['chance_uar']:.3f}",
             row["paper"] or "—",
             row["paper_protocol"] or "—",
-            f"{row['protocol']} ({row['folds']} folds)",
         ]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -100,21 +156,26 @@ def table_html(title: str, table: pd.DataFrame) -> str:
 
 
 def ablation_figure(task_name: str, table: pd.DataFrame, metric: str = "uar") -> plt.Figure:
-    """Bars: our mean ± std per variant for ``metric``; the paper's numbers as markers."""
-    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(table), 3.2))
+    """Bars: outer-test mean ± std per variant and protocol; the chance level as a line."""
+    figure, axis = plt.subplots(figsize=(1.6 + 1.1 * len(table), 3.4))
     positions = np.arange(len(table))
+    colours = [
+        "#4C78A8" if independent else "#F58518" for independent in table["speaker_independent"]
+    ]
     axis.bar(
         positions,
-        table[metric],
-        yerr=table[f"{metric}_std"],
+        table[metric].fillna(0),
+        yerr=table[f"{metric}_std"].fillna(0),
         capsize=4,
-        color="#4C78A8",
-        label="ours",
+        color=colours,
     )
-    axis.set_xticks(positions, table["variant"])
+    axis.axhline(float(table["chance_uar"].iloc[0]), color="grey", linestyle="--", label="chance")
+    labels = [f"{v}\n{p}" for v, p in zip(table["variant"], table["protocol"], strict=True)]
+    axis.set_xticks(positions, labels, fontsize=7)
     axis.set_ylim(0, 1)
-    axis.set_ylabel(METRIC_NAMES[metric])
-    axis.set_title(f"{task_name}: {METRIC_NAMES[metric]} by variant")
+    axis.set_ylabel(f"test {METRIC_NAMES[metric]}")
+    axis.set_title(f"{task_name}: outer-test {METRIC_NAMES[metric]} (blue: speaker-independent)")
+    axis.legend(loc="upper right", fontsize=7)
     figure.tight_layout()
     return figure
 
@@ -139,12 +200,14 @@ def confusion_figure(
 def log_task_report(
     task: ModuleType, results: list[VariantResult], parent_run_id: str, out_dir: Path
 ) -> pd.DataFrame:
-    """Log the task's ablation table, figures and Optuna plots on its parent run."""
+    """Log the task's trial and final-model runs, ablation table, figures and Optuna plots."""
     table = ablation_table(task, results)
     markdown = table_markdown(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{task.NAME}.md").write_text(markdown)
     client = MlflowClient()
+    for result in results:
+        log_study_runs(client, result, parent_run_id)
     client.log_table(parent_run_id, data=table, artifact_file=f"ablation/{task.NAME}.json")
     client.log_text(parent_run_id, markdown, f"ablation/{task.NAME}.md")
     client.log_text(
@@ -153,62 +216,110 @@ def log_task_report(
     figure = ablation_figure(task.NAME, table)
     client.log_figure(parent_run_id, figure, f"ablation/{task.NAME}.png")
     plt.close(figure)
+    metrics = []
     for row in table.to_dict("records"):
-        if row["error"]:
-            continue
-        for metric in METRICS:
-            client.log_metric(parent_run_id, f"{row['variant']}.{metric}", row[metric])
-            client.log_metric(parent_run_id, f"{row['variant']}.{metric}_std", row[f"{metric}_std"])
+        for name in (*METRICS, *(f"{m}_std" for m in METRICS), "validation_uar"):
+            if np.isfinite(row[name]):
+                key = f"{row['variant']}.{row['protocol']}.{name}"
+                metrics.append(Metric(key, float(row[name]), _now(), 0))
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
     for result in results:
+        row_name = f"{result.variant}-{result.protocol}"
         if result.error:
-            client.log_text(parent_run_id, result.error + "\n", f"failed/{result.variant}.txt")
+            client.log_text(parent_run_id, result.error + "\n", f"failed/{row_name}.txt")
+        if not result.finals:
             continue
-        client.log_text(
-            parent_run_id, yaml.safe_dump(result.best_config), f"best/{result.variant}.yaml"
+        client.log_dict(
+            parent_run_id,
+            {o.plan_name: _plain(o.chosen_config) for o in result.outcomes},
+            f"chosen/{row_name}.json",
         )
-        figure = confusion_figure(f"{task.NAME} {result.variant}", result.confusion, task.CLASSES)
-        client.log_figure(parent_run_id, figure, f"confusion/{result.variant}.png")
+        figure = confusion_figure(
+            f"{task.NAME} {result.variant} ({result.protocol}), outer test",
+            result.confusion,
+            task.CLASSES,
+        )
+        client.log_figure(parent_run_id, figure, f"confusion/{row_name}.png")
         plt.close(figure)
         if result.left_out:
             lines = "\n".join(f"{clip}: {reason}" for clip, reason in result.left_out)
             client.log_text(parent_run_id, lines + "\n", f"left_out/{result.variant}.txt")
-        _log_trial_confusions(client, task, result, parent_run_id)
-        _log_optuna_plots(client, result, parent_run_id)
+        for outcome in result.outcomes:
+            _log_optuna_plots(client, outcome, parent_run_id)
     return table
 
 
-def _log_trial_confusions(
-    client: MlflowClient, task: ModuleType, result: VariantResult, parent_run_id: str
-) -> None:
-    """Each finished trial's confusion matrix, on its own nested run."""
+def log_study_runs(client: MlflowClient, result: VariantResult, parent_run_id: str) -> None:
+    """A nested run per trial (its validation history) and per final model (its test score).
+
+    Written from the driver after each study: workers never need the tracking server.
+    """
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    for trial_id, metrics in result.trial_runs:
-        if "confusion" not in metrics or not trial_id:
-            continue
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=(
-                f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                f"and tags.trial_name LIKE '%{trial_id}'"
-            ),
-            max_results=1,
-        )
-        if runs:
-            figure = confusion_figure(
-                f"trial {trial_id}", _json(metrics["confusion"]), task.CLASSES
+    base_tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "task": result.task,
+        "variant": result.variant,
+        "protocol": result.protocol,
+        "selection": result.selection,
+    }
+    for outcome in result.outcomes:
+        fold_tags = {**base_tags, "fold": str(outcome.fold)}
+        for trial in outcome.trials:
+            run = client.create_run(
+                experiment_id,
+                run_name=f"{outcome.plan_name} trial {trial.trial_id}",
+                tags={**fold_tags, "kind": "trial", "trial_id": trial.trial_id},
             )
-            client.log_figure(runs[0].info.run_id, figure, "confusion_matrix.png")
-            plt.close(figure)
+            metrics = [
+                Metric(key, value, _now(), int(epoch.get("training_iteration", i + 1)))
+                for i, epoch in enumerate(trial.history)
+                for key, value in epoch.items()
+                if key.startswith(("val_", "train_")) and np.isfinite(value)
+            ]
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(trial.config.items())]
+            _log_batched(client, run.info.run_id, metrics, params)
+            if trial.error:
+                client.set_tag(run.info.run_id, "error", trial.error[:5000])
+            client.set_terminated(run.info.run_id, "FAILED" if trial.error else "FINISHED")
+        for final in outcome.finals:
+            run = client.create_run(
+                experiment_id,
+                run_name=f"{outcome.plan_name} final seed {final.seed}",
+                tags={**fold_tags, "kind": "final", "seed": str(final.seed)},
+            )
+            params = [Param(k, str(v)) for k, v in sorted(outcome.chosen_config.items())]
+            metrics = [Metric(f"test_{k}", v, _now(), 0) for k, v in final.metrics.items()]
+            metrics += [Metric(k, v, _now(), 0) for k, v in outcome.validation.items()]
+            _log_batched(client, run.info.run_id, metrics, params)
+            client.log_dict(run.info.run_id, {"confusion": final.confusion}, "confusion.json")
+            client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def _log_optuna_plots(client: MlflowClient, result: VariantResult, parent_run_id: str) -> None:
-    study = result.study
-    if study is None or not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+def _log_batched(
+    client: MlflowClient, run_id: str, metrics: list[Metric], params: list[Param]
+) -> None:
+    """``log_batch`` within MLflow's limits (1000 metrics, 100 params a request)."""
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _log_optuna_plots(client: MlflowClient, outcome: StudyOutcome, parent_run_id: str) -> None:
+    """Optuna's optimisation history and parameter importances of one outer fold's study."""
+    completed = [t for t in outcome.optuna_trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
         return
+    study = optuna.create_study(direction="maximize", study_name=outcome.plan_name)
+    study.add_trials(outcome.optuna_trials)
     plots = {"history": optuna.visualization.plot_optimization_history}
-    if len(study.trials) > 1 and study.best_trial.params:
+    if len(completed) > 1 and study.best_trial.params:
         plots["importance"] = optuna.visualization.plot_param_importances
-        plots["parallel"] = optuna.visualization.plot_parallel_coordinate
     for name, plot in plots.items():
         try:
             figure = plot(study)
@@ -216,17 +327,11 @@ def _log_optuna_plots(client: MlflowClient, result: VariantResult, parent_run_id
             client.log_text(
                 parent_run_id,
                 f"{name}: not drawn ({error})\n",
-                f"optuna/{result.variant}-{name}.txt",
+                f"optuna/{outcome.plan_name}-{name}.txt",
             )
             continue
         client.log_text(
             parent_run_id,
             figure.to_html(include_plotlyjs="cdn"),
-            f"optuna/{result.variant}-{name}.html",
+            f"optuna/{outcome.plan_name}-{name}.html",
         )
-
-
-def _json(value: str) -> list[list[int]]:
-    import json
-
-    return json.loads(value)
