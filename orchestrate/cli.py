@@ -207,13 +207,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from orchestrate.features import feature_source
     from orchestrate.protocols import make_folds
-    from orchestrate.stages.sweep import (
-        METRICS,
-        mean_std_interval,
-        protocols_for,
-        retrain_and_test,
-        task_config,
-    )
+    from orchestrate.stages.sweep import mean_std_interval, protocols_for, task_config
+    from orchestrate.stages.trials import METRICS, retrain_and_test
     from tasks import TASKS
 
     config = _config(args)

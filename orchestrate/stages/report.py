@@ -28,7 +28,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrate.config import RunConfig
 from orchestrate.protocols import ACTOR_PROTOCOLS
-from orchestrate.stages.sweep import METRICS, StudyOutcome, VariantResult
+from orchestrate.stages.sweep import StudyOutcome, VariantResult
+from orchestrate.stages.trials import METRICS
 
 METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "macro_f1": "macro-F1"}
 
