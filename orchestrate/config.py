@@ -303,11 +303,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"sweep.selection: {config.sweep.selection!r} is not one of {', '.join(SELECTIONS)}"
         )
-    for name in ("num_samples", "max_concurrent", "inner_folds", "max_failures"):
-        if getattr(config.sweep, name) < (0 if name == "max_failures" else 1):
-            raise ConfigError(
-                f"sweep.{name}: must be at least {0 if name == 'max_failures' else 1}"
-            )
+    for name in ("num_samples", "max_concurrent", "inner_folds"):
+        if getattr(config.sweep, name) < 1:
+            raise ConfigError(f"sweep.{name}: must be at least 1")
+    if config.sweep.max_failures < 0:
+        raise ConfigError("sweep.max_failures: must be at least 0")
     if config.sweep.folds < 2:
         raise ConfigError("sweep.folds: must be at least 2")
     if not 0.0 < config.sweep.validation_fraction < 1.0:

@@ -6,8 +6,10 @@ built in the test: EMODal's audio DNN trains in well under a second per epoch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from orchestrate.stages.sweep import (
     search_study,
     searched_knobs,
     study_plans,
+    sweep_directory,
     task_config,
 )
 from orchestrate.stages.trials import FAIL_ONCE_ENV, retrain_and_test
@@ -77,7 +80,8 @@ def plans_for(
     row = VariantResult("emodal", "audio", protocol, "nested", False, len(emodal.CLASSES))
     base = task_config(config, emodal, "audio", {})
     searched = searched_knobs(space, emodal, "audio", {})
-    return study_plans(config, row, features, base, searched, space, str(tmp_path / "sweeps"))
+    sweep_dir = sweep_directory(config, resume=False)
+    return study_plans(config, row, features, base, searched, space, sweep_dir)
 
 
 def with_test_labels_moved(features: FeatureSet, test_ids: tuple[str, ...]) -> FeatureSet:
@@ -248,3 +252,34 @@ def test_knobs_a_variant_does_not_read_change_nothing(variant: str) -> None:
         value = base[knob]
         changed = {**base, knob: value * 0.5 if isinstance(value, float) else value * 2}
         assert np.array_equal(predictions(changed), reference), knob
+
+
+def test_studies_live_on_s3_and_restore_from_there(
+    local_ray: None, moto_s3: Any, tmp_path: Path
+) -> None:
+    moto_s3.client.create_bucket(Bucket="sweeps")
+    features = audio_clips()
+    plan = plans_for(
+        tmp_path,
+        features,
+        "sweep.num_samples=2",
+        "sweep.max_epochs=2",
+        "sweep.storage_path=s3://sweeps/team",
+        f"store.endpoint_url={moto_s3.endpoint_url}",
+        "store.region=us-east-1",
+    )[0]
+    assert plan.sweep_dir.startswith("s3://sweeps/team")
+    # Workers find S3 credentials through the standard AWS chain, as on a cluster.
+    env = {"env_vars": {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
+    reference = [ray.put(features)]
+    first = ray.get(search_study.options(runtime_env=env).remote(plan, reference, False))
+    keys = [
+        item["Key"]
+        for item in moto_s3.client.list_objects_v2(Bucket="sweeps", Prefix="team/")["Contents"]
+    ]
+    prefix = plan.sweep_dir.removeprefix("s3://sweeps/")
+    assert f"{prefix}/{plan.name}.optuna.log" in keys
+    assert any(key.startswith(f"{prefix}/{plan.name}/") and "checkpoint" in key for key in keys)
+    again = ray.get(search_study.options(runtime_env=env).remote(plan, reference, True))
+    # Restored, not searched again: the same trials (the grid may list them in another order).
+    assert sorted(map(repr, search_history(again))) == sorted(map(repr, search_history(first)))
