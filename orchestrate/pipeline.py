@@ -48,6 +48,8 @@ def sweep(
     experiment_id = ensure_experiment(config)
     sweep_dir = sweep_directory(config, resume)
     print(f"sweep results (Tune + Optuna journals): {sweep_dir}", file=sys.stderr, flush=True)
+    if resume:
+        _close_interrupted_runs(experiment_id, sweep_dir)
     tables: dict[str, pd.DataFrame] = {}
     for run in config.task_runs():
         task = TASKS[run.name]
@@ -97,6 +99,16 @@ def sweep(
             out_dir = Path(config.workspace_path, "reports")
             tables[run.name] = log_task_report(task, results, parent.info.run_id, out_dir)
     return tables
+
+
+def _close_interrupted_runs(experiment_id: str, sweep_dir: str) -> None:
+    """Mark the parent runs a killed driver left RUNNING for this sweep as KILLED."""
+    client = mlflow.MlflowClient()
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.sweep_dir = '{sweep_dir}' and attributes.status = 'RUNNING'",
+    ):
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def print_tables(tables: dict[str, pd.DataFrame]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrate.stages.sweep import paper_protocol
 from tasks import TASKS
 
 
@@ -18,13 +19,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     command = [
         sys.executable, "-m", "orchestrate", "demo", "--quiet",
-        "--workspace", str(workspace), "--actors", "3", "--clips-per-emotion", "2",
-        "sweep.folds=3", "sweep.num_samples=1", "sweep.max_epochs=1",
+        "--workspace", str(workspace), "--actors", "8", "--clips-per-emotion", "1",
+        "sweep.folds=2", "sweep.num_samples=1", "sweep.max_epochs=1",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "ingest ravdess: 48 clips, 48 computed" in out
+    assert "ingest ravdess: 64 clips, 64 computed" in out
     assert "not swept" not in done.stderr
     for name in TASKS:
         assert f"## {name}" in out
@@ -38,12 +39,26 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     }
     assert set(parents) == set(TASKS)
     for name, parent in parents.items():
+        task = TASKS[name]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == len(TASKS[name].VARIANTS)  # one trial per variant
-        assert all("uar" in child.data.metrics for child in children)
+        trials = [r for r in children if r.data.tags["kind"] == "trial"]
+        finals = [r for r in children if r.data.tags["kind"] == "final"]
+        assert trials and all("val_uar" in r.data.metrics for r in trials)
+        assert finals and all("test_uar" in r.data.metrics for r in finals)
+        assert not any(key.startswith("test_") for r in trials for key in r.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "ablation")}
         assert {f"ablation/{name}.{ext}" for ext in ("json", "md", "html", "png")} <= artifacts
         local = client.download_artifacts(parent.info.run_id, f"ablation/{name}.json", tmp_path)
         table = json.loads(Path(local).read_text())  # mlflow's log_table layout
-        variants = [row[table["columns"].index("variant")] for row in table["data"]]
-        assert variants == list(TASKS[name].VARIANTS)
+        column = table["columns"].index
+        rows = [(row[column("variant")], row[column("protocol")]) for row in table["data"]]
+        expected = [
+            (variant, protocol)
+            for variant in task.VARIANTS
+            for protocol in dict.fromkeys(["actor-kfold", paper_protocol(task, variant)])
+        ]
+        assert rows == expected  # both protocols side by side for every variant
+        for row in table["data"]:
+            assert row[column("selection")] == "nested"
+            assert row[column("chance_uar")] == round(1 / len(task.CLASSES), 4)
+            assert row[column("n")] >= 1 and not row[column("error")]

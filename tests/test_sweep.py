@@ -6,6 +6,7 @@ built in the test: EMODal's audio DNN trains in well under a second per epoch.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,9 @@ def with_test_labels_moved(features: FeatureSet, test_ids: tuple[str, ...]) -> F
     labels = features.labels.copy()
     test = np.isin(features.clip_ids, test_ids)
     labels[test] = (labels[test] + 1) % len(features.classes)
-    return FeatureSet(features.clip_ids, features.actors, labels, features.columns, features.classes)
+    return FeatureSet(
+        features.clip_ids, features.actors, labels, features.columns, features.classes
+    )
 
 
 def search_history(outcome: StudyOutcome) -> list[tuple]:
@@ -283,3 +286,41 @@ def test_studies_live_on_s3_and_restore_from_there(
     again = ray.get(search_study.options(runtime_env=env).remote(plan, reference, True))
     # Restored, not searched again: the same trials (the grid may list them in another order).
     assert sorted(map(repr, search_history(again))) == sorted(map(repr, search_history(first)))
+
+
+def test_the_table_reports_outer_test_numbers_with_their_protocol() -> None:
+    from orchestrate.stages.report import ablation_table, table_markdown
+    from orchestrate.stages.trials import FinalModel
+
+    def outcome(fold: int, validation_uar: float, test_uars: list[float]) -> StudyOutcome:
+        finals = [
+            FinalModel(fold, seed, {"accuracy": u, "uar": u, "macro_f1": u}, [[1]], 3, 0.1)
+            for seed, u in enumerate(test_uars)
+        ]
+        return StudyOutcome(
+            f"emodal-audio-actor-kfold-fold{fold}",
+            fold,
+            [],
+            "t",
+            {"lr": 0.001 * (fold + 1), "epochs": 3},
+            {"val_uar": validation_uar},
+            finals,
+        )
+
+    independent = VariantResult("emodal", "audio", "actor-kfold", "nested", False, 4)
+    independent.outcomes = [outcome(0, 0.6, [0.4, 0.5]), outcome(1, 0.8, [0.3, 0.6])]
+    dependent = VariantResult("emodal", "audio", "random-80-20", "nested", True, 4)
+    dependent.outcomes = [outcome(0, 0.9, [0.7])]
+    table = ablation_table(emodal, [independent, dependent])
+    first, second = table.to_dict("records")
+    assert first["uar"] == 0.45 and first["n"] == 4 and first["folds"] == 2
+    assert first["uar_std"] == round(float(np.std([0.4, 0.5, 0.3, 0.6], ddof=1)), 4)
+    assert first["uar_ci95_low"] < 0.45 < first["uar_ci95_high"]
+    assert first["validation_uar"] == 0.7  # mean of the chosen configurations' validation
+    assert first["chance_uar"] == 0.25 and first["speaker_independent"]
+    assert json.loads(first["chosen_configs"])[1]["lr"] == 0.002
+    assert not second["speaker_independent"] and second["is_paper_protocol"]
+    markdown = table_markdown(table)
+    assert "actor-kfold (speaker-independent, 2 folds x 2 seeds)" in markdown
+    assert "random-80-20 (paper's, speaker-dependent, 1 folds x 1 seeds)" in markdown
+    assert "0.450 ± " in markdown and "0.700 (n=1)" in markdown

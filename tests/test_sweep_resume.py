@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 
 NUM_SAMPLES = 4
 ARGS = [
@@ -85,3 +86,13 @@ def test_killed_sweep_resumes_to_the_requested_trials(tmp_path: Path) -> None:
         trials = optuna.load_study(study_name=name, storage=storage).trials
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(complete) == NUM_SAMPLES  # the Optuna searcher carried on, not restarted
+
+    # The killed driver's parent run is closed as KILLED; the resumed one finished.
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("orchestrate")
+    parents = [
+        run
+        for run in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED"]

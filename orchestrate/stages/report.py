@@ -31,6 +31,9 @@ from orchestrate.protocols import ACTOR_PROTOCOLS
 from orchestrate.stages.sweep import StudyOutcome, VariantResult
 from orchestrate.stages.trials import METRICS
 
+# Rebuilding each study for its plots would log "A new study created" once per fold.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "macro_f1": "macro-F1"}
 
 

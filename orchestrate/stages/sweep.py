@@ -199,10 +199,6 @@ def mean_std_interval(values: list[float]) -> tuple[float, float, float, float]:
 # --- a study: one outer fold's search, in its own Ray task ---------------------------------
 
 
-def _filesystem(uri: str, options: dict[str, str]) -> tuple[pyarrow.fs.FileSystem, str]:
-    return resolve_filesystem(uri, options)
-
-
 def _journal_path(plan: StudyPlan) -> Path:
     """Where a study's Optuna journal lives: beside Tune's results when those are local.
 
@@ -223,7 +219,7 @@ def _space(searched: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -> StudyOutcome:
     """Run (or resume) one outer fold's Tune study; return its trials and chosen config."""
     started = time.perf_counter()
-    fs, root = _filesystem(plan.sweep_dir, plan.storage_options)
+    fs, root = resolve_filesystem(plan.sweep_dir, plan.storage_options)
     experiment = f"{root}/{plan.name}"
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -239,7 +235,12 @@ def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -
     # Concurrent Tuners share Tune's job-wide registry by trainable name: one name a study.
     trainable.__name__ = f"train_{plan.name}".replace("-", "_")
     journal = _journal_path(plan)
-    storage_uri = plan.sweep_dir if plan.sweep_dir.startswith("s3://") else root
+    copy = f"{root}/{plan.name}.optuna.log"
+    if plan.sweep_dir.startswith("s3://") and not journal.is_file():
+        if fs.get_file_info(copy).type == pyarrow.fs.FileType.File:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(copy) as stream:
+                journal.write_bytes(stream.read())
     if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         tuner = tune.Tuner.restore(
             experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs
@@ -247,7 +248,7 @@ def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -
     else:
         _remove(fs, experiment)
         journal.unlink(missing_ok=True)
-        tuner = _new_tuner(plan, trainable, journal, fs, storage_uri)
+        tuner = _new_tuner(plan, trainable, journal, fs, root)
     grid = tuner.fit()
 
     trials = [_trial_record(result) for result in grid]
@@ -266,7 +267,7 @@ def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -
         )
         optuna_trials = optuna.load_study(study_name=plan.name, storage=storage).trials
         if plan.sweep_dir.startswith("s3://"):
-            with fs.open_output_stream(f"{root}/{plan.name}.optuna.log") as out:
+            with fs.open_output_stream(copy) as out:
                 out.write(journal.read_bytes())
     return StudyOutcome(
         plan_name=plan.name,
@@ -282,8 +283,9 @@ def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -
 
 
 def _new_tuner(
-    plan: StudyPlan, trainable: Any, journal: Path, fs: pyarrow.fs.FileSystem, storage_uri: str
+    plan: StudyPlan, trainable: Any, journal: Path, fs: pyarrow.fs.FileSystem, root: str
 ) -> tune.Tuner:
+    """A fresh study's Tuner, in the shape of Ray's ``optuna_example.py``."""
     searched = _space(plan.searched)
     search_alg = None
     num_samples = plan.num_samples
@@ -319,7 +321,7 @@ def _new_tuner(
         ),
         run_config=tune.RunConfig(
             name=plan.name,
-            storage_path=storage_uri.removeprefix("s3://"),
+            storage_path=root,  # inside storage_filesystem: bucket/prefix on S3
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -537,7 +539,8 @@ def run_studies(
             except (ray.exceptions.RayTaskError, VariantFailed) as error:
                 row.error = row.error or f"{study.name}: {_one_line(error)}"
                 done += 1
-                _say(progress, f"  [{done}/{total}] {study.name}: failed: {_one_line(error)}")
+                # Failures are said even in quiet runs: the row will lack this fold.
+                _say(True, f"  [{done}/{total}] {study.name}: failed: {_one_line(error)}")
                 launch()
                 continue
             finals = [
@@ -589,7 +592,7 @@ def _planned(plan: SweepPlan, row: VariantResult) -> int:
 
 
 def _outcome_path(study: StudyPlan) -> tuple[pyarrow.fs.FileSystem, str]:
-    fs, root = _filesystem(study.sweep_dir, study.storage_options)
+    fs, root = resolve_filesystem(study.sweep_dir, study.storage_options)
     return fs, f"{root}/{study.name}.outcome.json"
 
 
@@ -618,7 +621,7 @@ def _store_outcome(study: StudyPlan, outcome: StudyOutcome) -> None:
 def sweep_directory(config: RunConfig, resume: bool) -> str:
     """The sweep's folder under ``sweep.storage_path``: a new one, or the newest when resuming."""
     base = f"{config.sweep_storage.rstrip('/')}/{config.tracking.experiment}"
-    fs, root = _filesystem(base, config.storage_options)
+    fs, root = resolve_filesystem(base, config.storage_options)
     if resume:
         found = sorted(
             info.base_name
