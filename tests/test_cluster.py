@@ -60,11 +60,12 @@ def ingest_command(corpus: Path, workspace: Path) -> str:
 
 
 def sweep_command(corpus: Path, workspace: Path, tracking_uri: str) -> str:
-    """The smallest real sweep: EMODal audio-only, one Optuna trial, one epoch, two folds."""
+    """The smallest real nested sweep: EMODal audio-only, one trial a study, one epoch."""
     return orchestrate_command(
         "sweep", "--workspace", workspace, "--tracking-uri", tracking_uri,
         f"dataset.root={corpus}", EMODAL_EXTRACTORS, "tasks=[{name: emodal, variants: [audio]}]",
-        "sweep.num_samples=1", "sweep.max_epochs=1", "sweep.folds=2", "--quiet",
+        "sweep.num_samples=1", "sweep.max_epochs=1", "sweep.folds=3",
+        "sweep.protocols=[actor-kfold]", "--quiet",
     )  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def test_sweep_job_logs_to_mlflow_server(
         ray_head,
         "sweep-emodal",
         [
-            orchestrate_command("synth", "--out", corpus, "--actors", 2, "--clips-per-emotion", 1),
+            orchestrate_command("synth", "--out", corpus, "--actors", 3, "--clips-per-emotion", 1),
             ingest_command(corpus, workspace),
             sweep_command(corpus, workspace, mlflow_server.uri),
         ],
@@ -164,6 +165,8 @@ def test_sweep_job_logs_to_mlflow_server(
     assert trials, f"no nested trial run under {parent.info.run_id}"
     assert all(run.data.tags.get("variant") == "audio" for run in trials)
     assert all(run.data.metrics for run in trials), "a trial run logged no metrics"
+    kinds = sorted({run.data.tags.get("kind") for run in trials})
+    assert kinds == ["final", "trial"], kinds  # validation-only trials, tested final models
 
     # Artifacts went through the server's proxy into its --artifacts-destination.
     ablation = [item.path for item in client.list_artifacts(parent.info.run_id, "ablation")]
@@ -213,7 +216,7 @@ def test_kuberay_rayjob_runs_orchestrate_with_consistent_token_auth(tmp_path: Pa
 
     volumes = {volume["name"]: volume for volume in head["volumes"]}
     assert volumes[mounts(head)["/config"]]["configMap"]["name"] == "orchestrate-run-config"
-    # Ray Tune's storage (<workspace>/ray_results) must be the same volume on every node.
+    # Ray Tune's storage (<workspace>/sweeps) must be the same volume on every node.
     workspace_root = "/" + config.workspace_path.parts[1]
     for pod in [head, *workers]:
         claim = {v["name"]: v for v in pod["volumes"]}[mounts(pod)[workspace_root]]
