@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         (
             "sweep",
-            "sweep every task variant from the store; ablation tables into MLflow",
+            "nested sweeps of every task variant from the store; ablation tables into MLflow",
             cmd_sweep,
         ),
         ("run", "ingest, sweep and report from one config", cmd_run),

@@ -72,6 +72,8 @@ def test_killed_sweep_resumes_to_the_requested_trials(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| audio | actor-kfold" in done.stdout
+    header = "| variant | protocol | selection | test accuracy | test UAR | test macro-F1 |"
+    assert header in done.stdout  # the same table as an uninterrupted sweep prints
     sweeps = sorted(workspace.glob("sweeps/orchestrate/*"))
     assert len(sweeps) == 1  # resumed in place, not started afresh
     for fold in (0, 1):
