@@ -19,13 +19,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     command = [
         sys.executable, "-m", "orchestrate", "demo", "--quiet",
-        "--workspace", str(workspace), "--actors", "8", "--clips-per-emotion", "1",
+        "--workspace", str(workspace), "--actors", "8", "--clips-per-emotion", "2",
         "sweep.folds=2", "sweep.num_samples=1", "sweep.max_epochs=1",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "ingest ravdess: 64 clips, 64 computed" in out
+    assert "ingest ravdess: 128 clips, 128 computed" in out
     assert "not swept" not in done.stderr
     for name in TASKS:
         assert f"## {name}" in out
