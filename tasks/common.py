@@ -76,6 +76,26 @@ class Trainer(Protocol):
         """Class probabilities, ``(clips, len(CLASSES))``."""
         ...
 
+    def export(self, features: FeatureSet) -> ExportedModel | None:
+        """The trained model as MLflow logs it, with ``features`` (a few clips) as its example."""
+        ...
+
+
+@dataclass
+class ExportedModel:
+    """A trained model in a library's own form, for MLflow's flavour of that library.
+
+    ``model`` maps ``inputs`` (an example batch: one array, or named arrays passed
+    positionally in order) to class probabilities: a ``torch.nn.Module`` (``flavour``
+    ``"pytorch"``) or a scikit-learn estimator with ``predict_proba`` (``"sklearn"``).
+    ``description`` says what the inputs are, e.g. which standardisation they carry.
+    """
+
+    flavour: str
+    model: object
+    inputs: dict[str, np.ndarray] | np.ndarray
+    description: str
+
 
 @dataclass(frozen=True)
 class PaperResult:

@@ -45,7 +45,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional
 
-from tasks.common import FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, PaperResult
 
 NAME = "emodal"
 
@@ -344,6 +344,39 @@ class EmodalTrainer:
 
     def _take(self, tensor: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
         return None if tensor is None else tensor[index].to(self.device)
+
+    def export(self, features: FeatureSet) -> ExportedModel:
+        """The network with the variant's softmax head; inputs standardised as in training."""
+        inputs: dict[str, np.ndarray] = {}
+        if self.face_mean is not None:
+            inputs["faces"] = ((_faces(features) - self.face_mean) / self.face_std).astype(
+                np.float32
+            )
+        if self.audio_scaler is not None:
+            inputs["audio"] = self.audio_scaler.transform(_audio(features)).astype(np.float32)
+        head = {"audio": "aud", "video": "img", "fused": "fused"}[self.variant]
+        model = EmodalProbabilities(self.model.cpu().eval(), head, tuple(inputs))
+        self.model.to(self.device)
+        return ExportedModel(
+            "pytorch",
+            model,
+            inputs,
+            f"EMODal {self.variant}: inputs {', '.join(inputs)} standardised with the training "
+            "split's statistics (faces: one mean/std; audio: per-feature StandardScaler)",
+        )
+
+
+class EmodalProbabilities(nn.Module):
+    """``EmodalNet`` with one head's softmax: ``forward(*inputs)`` in the order of ``names``."""
+
+    def __init__(self, network: EmodalNet, head: str, names: tuple[str, ...]):
+        super().__init__()
+        self.network, self.head, self.names = network, head, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        given = dict(zip(self.names, inputs, strict=True))
+        outputs = self.network(given.get("faces"), given.get("audio"))
+        return torch.softmax(outputs[self.head], dim=1)
 
 
 def make_trainer(

@@ -50,7 +50,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from tasks.common import FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, PaperResult
 
 NAME = "mitseas"
 CLASSES: tuple[str, ...] = ("angry", "fearful", "disgust", "happy", "sad")
@@ -301,6 +301,29 @@ class MitseasTrainer:
             )
         assert self.forest is not None
         return class_probabilities(self.forest, self._meta_features(features))
+
+    def export(self, features: FeatureSet) -> ExportedModel | None:
+        """The calibrated SVM (audio rows) or the stacking forest (fused); video trains nothing."""
+        if self.variant == "video":
+            return None  # the FER CNN is pretrained; its probabilities are mapped, not fitted
+        if self.variant in SVM_VARIANTS:
+            assert self.svm is not None
+            return ExportedModel(
+                "sklearn",
+                self.svm,
+                checked_vectors(features, AUDIO_COLUMN, self.audio_dim),
+                "Mitseas audio: scaler + SVM, Platt-calibrated, over the pyAudioAnalysis "
+                f"mid-term vector; predict_proba columns are the classes present in training "
+                f"({len(self.svm.classes_)} of {len(CLASSES)})",
+            )
+        assert self.forest is not None
+        return ExportedModel(
+            "sklearn",
+            self.forest,
+            self._meta_features(features),
+            "Mitseas fused: the random-forest meta-classifier over [base SVM class "
+            "probabilities, FER-2013 CNN's 7 mean probabilities] per clip",
+        )
 
 
 def validated_config(config: dict[str, Any], variant: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from orchestrate.emotions import EMOTIONS
-from tasks.common import FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, PaperResult
 
 NAME = "song"
 CLASSES: tuple[str, ...] = EMOTIONS  # all 8 RAVDESS speech emotions
@@ -341,6 +341,51 @@ class SongTrainer:
         if not probabilities:
             return np.zeros((0, len(CLASSES)))
         return torch.cat(probabilities).double().numpy()
+
+    @torch.no_grad()
+    def export(self, features: FeatureSet) -> ExportedModel:
+        """The network with a softmax; per branch a zero-padded batch and its lengths."""
+        sequences = {
+            name: self._standardised(
+                name, checked_sequences(features, BRANCH_COLUMNS[name], self.dims[name])
+            )
+            for name in self.branch_names
+        }
+        batch, _ = collate_clips(
+            [
+                ({name: clips[i] for name, clips in sequences.items()}, torch.tensor(0))
+                for i in range(len(features))
+            ]
+        )
+        inputs: dict[str, np.ndarray] = {}
+        for name, (padded, lengths) in batch.items():
+            inputs[name] = padded.numpy()
+            inputs[f"{name}_lengths"] = lengths.numpy()
+        model = SongProbabilities(self.model.cpu().eval(), tuple(self.branch_names))
+        self.model.to(self.device)
+        return ExportedModel(
+            "pytorch",
+            model,
+            inputs,
+            "Song: per branch (" + ", ".join(self.branch_names) + ") a (clips, time, dim) "
+            "batch standardised per feature with the training frames' StandardScaler, "
+            "zero-padded, then its int64 lengths",
+        )
+
+
+class SongProbabilities(nn.Module):
+    """``SongNet`` with a softmax: ``forward(padded, lengths, ...)`` per branch, in order."""
+
+    def __init__(self, network: SongNet, branches: tuple[str, ...]) -> None:
+        super().__init__()
+        self.network, self.branches = network, branches
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        sequences = {
+            name: (inputs[2 * i], inputs[2 * i + 1].long().cpu())
+            for i, name in enumerate(self.branches)
+        }
+        return torch.softmax(self.network(sequences), dim=1)
 
 
 def validated_config(config: dict[str, Any], variant: str) -> dict[str, Any]:

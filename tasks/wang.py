@@ -79,7 +79,7 @@ from sklearn.preprocessing import MinMaxScaler
 from torch import nn
 from torch.nn import functional
 
-from tasks.common import FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, PaperResult
 
 NAME = "wang"
 
@@ -462,6 +462,34 @@ class WangTrainer:
             torch.as_tensor(scaler.transform(features)).to(self.device) for scaler in self.scalers
         ]
         return torch.softmax(self.model(*inputs), dim=1).cpu().numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def export(self, features: FeatureSet) -> ExportedModel:
+        """The (pruned) net with a softmax; inputs: each descriptor's training-fold PCA."""
+        inputs = {
+            scaler.column.split(".")[-1]: scaler.transform(features).astype(np.float32)
+            for scaler in self.scalers
+        }
+        model = SoftmaxOf(self.model.cpu().eval())
+        self.model.to(self.device)
+        return ExportedModel(
+            "pytorch",
+            model,
+            inputs,
+            f"Wang {self.variant}: per descriptor the principal components fitted on the "
+            "training fold, then Min-Max scaled as in training",
+        )
+
+
+class SoftmaxOf(nn.Module):
+    """A network's outputs as class probabilities."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.network(*inputs), dim=1)
 
 
 def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> WangTrainer:
