@@ -1,4 +1,4 @@
-"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train.
+"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare.
 
 Every command that reads a run config takes ``--config FILE`` and any number of
 ``key=value`` overrides (``sweep.num_samples=16 store.uri=s3://bucket/features``).
@@ -80,6 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clips-per-emotion", type=int, default=2)
     demo.set_defaults(command=cmd_demo)
 
+    report = commands.add_parser(
+        "report",
+        help="print the newest sweep's ablation tables and write a self-contained HTML report",
+    )
+    _add_config_arguments(report)
+    report.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
+    report.add_argument("--sweep", help="the sweep directory to report (default: the newest)")
+    report.add_argument(
+        "--out", type=Path, help="HTML file to write (default <workspace>/reports/report.html)"
+    )
+    report.add_argument(
+        "--sync",
+        action="store_true",
+        help="first log the runs a tracking outage left in the workspace's spool",
+    )
+    report.set_defaults(command=cmd_report)
+
+    compare = commands.add_parser(
+        "compare", help="two MLflow runs' parameters, metrics and tags side by side"
+    )
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    _add_config_arguments(compare)
+    compare.set_defaults(command=cmd_compare)
+
     train = commands.add_parser(
         "train", help="train and evaluate one task configuration from the store"
     )
@@ -146,34 +171,89 @@ def _ingest(config: RunConfig, progress: bool) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrate.pipeline import print_tables, sweep
+    from orchestrate.pipeline import check_tracking
 
     config = _config(args)
-    print_tables(sweep(config, progress=not args.quiet, resume=args.resume))
+    tracking = check_tracking(config)
+    return _sweep_and_report(config, tracking, args.quiet, args.resume)
+
+
+def _sweep_and_report(config: RunConfig, tracking, quiet: bool, resume: bool = False) -> int:
+    """Sweep, print the tables, write the HTML report; say where to look."""
+    from orchestrate.pipeline import print_tables, sweep
+    from orchestrate.stages.report_page import write_report
+
+    print_tables(sweep(config, progress=not quiet, resume=resume, tracking=tracking))
+    out = config.workspace_path / "reports" / "report.html"
+    if not tracking.pending():
+        write_report(tracking, out)
+        print(f"\nHTML report: {out}")
     print(_mlflow_ui_hint(config))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrate.pipeline import print_tables, sweep
+    from orchestrate.pipeline import check_tracking
 
     config = _config(args)
+    tracking = check_tracking(config)  # before any work: an unreachable server costs nothing
     status = _ingest(config, progress=not args.quiet)
     if status:
         return status
-    print_tables(sweep(config, progress=not args.quiet, resume=args.resume))
-    print(_mlflow_ui_hint(config))
+    return _sweep_and_report(config, tracking, args.quiet, args.resume)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrate.pipeline import tracker
+    from orchestrate.stages.report_page import write_report
+
+    config = _config(args)
+    if args.experiment:
+        config.tracking.experiment = args.experiment
+    tracking = tracker(config)
+    tracking.check()
+    if args.sync:
+        waiting = len(tracking.pending())
+        left = tracking.flush()
+        print(f"synced {waiting - left} of {waiting} spooled runs to {tracking.uri}")
+        if left:
+            print(
+                f"orchestrate: {left} runs still wait in {tracking.spool} ({tracking.last_error})",
+                file=sys.stderr,
+            )
+    out = args.out or config.workspace_path / "reports" / "report.html"
+    report = write_report(tracking, out, args.sweep)
+    print(report.markdown())
+    if report.missing:
+        print(
+            f"orchestrate: {len(report.missing)} runs are not in MLflow yet (spooled in "
+            f"{tracking.spool}): `orchestrate report --sync` logs them",
+            file=sys.stderr,
+        )
+    print(f"HTML report: {out}")
+    return 1 if report.missing else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrate.pipeline import tracker
+    from orchestrate.stages.report_page import compare_runs
+
+    config = _config(args)
+    tracking = tracker(config)
+    tracking.check()
+    print(compare_runs(tracking, args.run_a, args.run_b))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrate.corpus import synthesize_corpus
-    from orchestrate.pipeline import print_tables, sweep
+    from orchestrate.pipeline import check_tracking
 
     with resources.as_file(
         resources.files("orchestrate.configs").joinpath("demo.yaml")
     ) as demo_file:
         config = _config(args, base=demo_file)
+    tracking = check_tracking(config)
     corpus = config.workspace_path / "corpus"
     if config.dataset.root is None:
         config.dataset.root = str(corpus)
@@ -196,9 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if status:
         return status
     print("[3/3] sweep: every paper's variants, ablation tables into MLflow", flush=True)
-    print_tables(sweep(config, progress=not args.quiet))
-    print(_mlflow_ui_hint(config))
-    return 0
+    return _sweep_and_report(config, tracking, args.quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -29,6 +29,13 @@ class FeatureSource:
     keys: dict[str, ExtractorKey] = field(hash=False)
     classes: tuple[str, ...]
 
+    @property
+    def manifest_uri(self) -> str:
+        """Where the clip manifest of this dataset's last ingest lives in the store."""
+        store = FeatureStore(self.store_uri, self.storage_options)
+        path = store.manifest_path(self.dataset, self.root)
+        return f"s3://{path}" if self.store_uri.startswith("s3://") else path
+
     def load(self) -> tuple[FeatureSet, list[tuple[str, str]]]:
         """The features of every clip that has them all, and the clips left out with why.
 

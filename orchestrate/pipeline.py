@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import ray
 
 from orchestrate.config import RunConfig, dump_config
 from orchestrate.extractors import build_extractor
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
-from orchestrate.stages.report import ensure_experiment, log_task_report, table_markdown
-from orchestrate.stages.sweep import plan_task, run_studies, sweep_directory
+from orchestrate.stages.report import (
+    SweepContext,
+    ablation_table,
+    best_model_records,
+    close_figures,
+    parent_close_record,
+    parent_open_record,
+    study_records,
+    summary_record,
+    table_markdown,
+)
+from orchestrate.stages.sweep import (
+    StudyOutcome,
+    VariantResult,
+    plan_task,
+    run_studies,
+    sweep_directory,
+)
+from orchestrate.tracking import Tracker, provenance
 from tasks import TASKS
 
 
@@ -35,80 +52,120 @@ def ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     return run_ingest(config, progress=progress)
 
 
+def tracker(config: RunConfig) -> Tracker:
+    """The run's MLflow tracker: the config's URI and experiment, spooled in the workspace."""
+    return Tracker(
+        config.tracking_uri,
+        config.tracking.experiment,
+        config.workspace_path / "mlflow-spool",
+        artifact_location=config.artifact_location,
+    )
+
+
+def check_tracking(config: RunConfig) -> Tracker:
+    """Reach the tracking server (and create the experiment) before any work starts."""
+    config.workspace_path.mkdir(parents=True, exist_ok=True)
+    tracking = tracker(config)
+    tracking.check()
+    return tracking
+
+
 def sweep(
-    config: RunConfig, progress: bool = True, resume: bool = False
+    config: RunConfig, progress: bool = True, resume: bool = False, tracking: Tracker | None = None
 ) -> dict[str, pd.DataFrame]:
     """Sweep every task of the run by nested selection; a parent run and ablation table per task.
 
     ``resume`` continues the newest sweep under ``sweep.storage_path``: studies that finished
-    are not run again, interrupted ones are restored with ``Tuner.restore``.
+    are not run again, interrupted ones are restored with ``Tuner.restore``, and the runs go
+    on under the same parent runs. Every run is spooled before it is sent (see
+    ``orchestrate.tracking``): a tracking outage mid-sweep loses nothing.
     """
-    config.workspace_path.mkdir(parents=True, exist_ok=True)
+    tracking = tracking or check_tracking(config)
     start_ray(config)
-    experiment_id = ensure_experiment(config)
     sweep_dir = sweep_directory(config, resume)
     print(f"sweep results (Tune + Optuna journals): {sweep_dir}", file=sys.stderr, flush=True)
-    if resume:
-        _close_interrupted_runs(experiment_id, sweep_dir)
+    context = SweepContext(
+        experiment=config.tracking.experiment,
+        dataset=config.dataset.name,
+        sweep_dir=sweep_dir,
+        seed=config.seed,
+        provenance=provenance(),
+        storage_options=config.storage_options,
+    )
+    resolved = {
+        name: build_extractor(name, params).params
+        for name, params in requested_extractors(config).items()
+    }
     tables: dict[str, pd.DataFrame] = {}
     for run in config.task_runs():
         task = TASKS[run.name]
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{run.name} sweep") as parent:
-            mlflow.set_tags(
-                {
-                    "task": run.name,
-                    "dataset": config.dataset.name,
-                    "seed": config.seed,
-                    "selection": config.sweep.selection,
-                    "sweep_dir": sweep_dir,
-                    "resumed": str(resume).lower(),
-                }
-            )
-            mlflow.log_params(
-                {
-                    "dataset": config.dataset.name,
-                    "protocols": ",".join(config.sweep.protocols),
-                    "selection": config.sweep.selection,
-                    "num_samples": config.sweep.num_samples,
-                    "inner_folds": config.sweep.inner_folds,
-                    "seeds": ",".join(map(str, config.sweep.seeds)),
-                    "seed": config.seed,
-                }
-            )
-            mlflow.log_text(dump_config(config), "config.yaml")
-            # The resolved parameters (weights sources and digests included): a run on
-            # random VGG16 or FER weights says so here, as the stored rows do.
-            resolved = {
-                name: build_extractor(name, params).params
-                for name, params in requested_extractors(config).items()
-            }
-            mlflow.log_dict(resolved, "extractors.json")
-            mlflow.set_tags(
-                {f"extractor.{name}": _weights_note(params) for name, params in resolved.items()}
-            )
-            print(f"{run.name}: planning studies", file=sys.stderr, flush=True)
-            plan = plan_task(config, run.name, run.variants, run.config, sweep_dir)
-            for row in plan.rows:
-                if row.error:
-                    print(
-                        f"orchestrate: {run.name}/{row.variant} ({row.protocol}) not swept: "
-                        f"{row.error}",
-                        file=sys.stderr,
-                    )
-            results = run_studies(config, plan, resume=resume, progress=progress)
-            out_dir = Path(config.workspace_path, "reports")
-            tables[run.name] = log_task_report(task, results, parent.info.run_id, out_dir)
+        opened = parent_open_record(
+            context,
+            run.name,
+            params={
+                "dataset": config.dataset.name,
+                "variants": ",".join(run.variants),
+                "protocols": ",".join(config.sweep.protocols),
+                "selection": config.sweep.selection,
+                "folds": str(config.sweep.folds),
+                "num_samples": str(config.sweep.num_samples),
+                "inner_folds": str(config.sweep.inner_folds),
+                "max_epochs": str(config.sweep.max_epochs),
+                "seeds": ",".join(map(str, config.sweep.seeds)),
+                "seed": str(config.seed),
+                **{f"task.{k}": str(v) for k, v in sorted(run.config.items())},
+            },
+            texts={"config.yaml": dump_config(config), "extractors.json": json.dumps(resolved)},
+        )
+        # The resolved parameters (weights sources and digests included): a run on random
+        # VGG16 or FER weights says so here, as the stored rows do.
+        opened.tags.update(
+            {f"extractor.{name}": _weights_note(params) for name, params in resolved.items()}
+        )
+        opened.tags["resumed"] = str(resume).lower()
+        tracking.log(opened)
+        print(f"{run.name}: planning studies", file=sys.stderr, flush=True)
+        plan = plan_task(config, run.name, run.variants, run.config, sweep_dir)
+        for row in plan.rows:
+            if row.error:
+                print(
+                    f"orchestrate: {run.name}/{row.variant} ({row.protocol}) not swept: "
+                    f"{row.error}",
+                    file=sys.stderr,
+                )
+
+        def log_study(
+            row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...] = task.CLASSES
+        ) -> None:
+            records = study_records(context, row, outcome, tuple(classes))
+            for record in records:
+                tracking.log(record)
+            close_figures(records)
+
+        results = run_studies(config, plan, resume=resume, progress=progress, on_study=log_study)
+        table = ablation_table(task, results)
+        out_dir = Path(config.workspace_path, "reports")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{run.name}.md").write_text(table_markdown(table))
+        closing = [
+            *best_model_records(context, results),
+            parent_close_record(context, task, results, table),
+        ]
+        for record in closing:
+            tracking.log(record)
+        close_figures(closing)
+        tables[run.name] = table
+    summary = summary_record(context, tables)
+    tracking.log(summary)
+    left = tracking.flush()
+    if left:
+        print(
+            f"orchestrate: {left} runs are not in MLflow yet ({tracking.uri} failed: "
+            f"{tracking.last_error}); they are kept in {tracking.spool}: "
+            "`orchestrate report --sync` logs them",
+            file=sys.stderr,
+        )
     return tables
-
-
-def _close_interrupted_runs(experiment_id: str, sweep_dir: str) -> None:
-    """Mark the parent runs a killed driver left RUNNING for this sweep as KILLED."""
-    client = mlflow.MlflowClient()
-    for run in client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.sweep_dir = '{sweep_dir}' and attributes.status = 'RUNNING'",
-    ):
-        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def print_tables(tables: dict[str, pd.DataFrame]) -> None:

@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ RESULT_PACKAGES = (
 # MLflow's HTTP client retries a dead server for minutes by default (PITFALLS); the spool
 # keeps what fails, so a few seconds of retries are enough. A user's own settings win.
 HTTP_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per downloaded figure otherwise
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
@@ -223,6 +225,10 @@ class Tracker:
         self._offline_since = None
         return 0
 
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
     def pending(self) -> list[Path]:
         if not self.spool.is_dir():
             return []
@@ -380,13 +386,15 @@ class Tracker:
         import mlflow
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(
-            frame,
-            source=spec["source"],
-            targets=spec["targets"],
-            name=spec["name"],
-            digest=spec["digest"],
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a store path is a "local" source: it says so
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=spec["source"],
+                targets=spec["targets"],
+                name=spec["name"],
+                digest=spec["digest"],
+            )
         self.client.log_inputs(
             run_id,
             [

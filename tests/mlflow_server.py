@@ -59,14 +59,18 @@ def _healthy(uri: str) -> bool:
         return False
 
 
-def start_mlflow_server(base_dir: Path) -> MlflowServer:
-    """Start ``mlflow server`` with its stores under ``base_dir``; return once /health answers."""
+def start_mlflow_server(base_dir: Path, port: int | None = None) -> MlflowServer:
+    """Start ``mlflow server`` with its stores under ``base_dir``; return once /health answers.
+
+    Starting again with the same ``base_dir`` and ``port`` restarts the same server (its
+    runs and artifacts are in ``base_dir``), as after an outage.
+    """
     base_dir.mkdir(parents=True, exist_ok=True)
     backend_store = base_dir / "mlflow.db"
     artifacts = base_dir / "mlartifacts"
     artifacts.mkdir(exist_ok=True)
     log_path = base_dir / "mlflow-server.log"
-    port = free_port()
+    port = port or free_port()
     command = [
         mlflow_cli(), "server",
         "--host", "127.0.0.1",
@@ -80,7 +84,7 @@ def start_mlflow_server(base_dir: Path) -> MlflowServer:
     # Server-side job execution (huey consumers for GenAI scorers) is not needed to track runs
     # and starts a dozen processes on a shared machine.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with log_path.open("w") as log:
+    with log_path.open("a") as log:
         process = subprocess.Popen(
             command,
             cwd=base_dir,  # anything the server writes relative to its cwd stays in tmp

@@ -158,7 +158,7 @@ def test_sweep_job_logs_to_mlflow_server(
     experiment = client.get_experiment_by_name("orchestrate")
     assert experiment is not None, "no 'orchestrate' experiment on the server"
     runs = client.search_runs([experiment.experiment_id])
-    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    parents = [run for run in runs if run.data.tags.get("kind") == "sweep"]
     assert [run.data.tags.get("task") for run in parents] == ["emodal"], runs
     parent = parents[0]
     trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

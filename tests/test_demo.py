@@ -34,9 +34,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("orchestrate")
     runs = client.search_runs([experiment.experiment_id], max_results=500)
-    parents = {
-        run.data.tags["task"]: run for run in runs if "mlflow.parentRunId" not in run.data.tags
-    }
+    parents = {run.data.tags["task"]: run for run in runs if run.data.tags.get("kind") == "sweep"}
     assert set(parents) == set(TASKS)
     for name, parent in parents.items():
         task = TASKS[name]

@@ -71,8 +71,8 @@ def test_killed_sweep_resumes_to_the_requested_trials(tmp_path: Path) -> None:
         orchestrate("sweep", "--resume", *common), capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "| audio | actor-kfold" in done.stdout
-    header = "| variant | protocol | selection | test accuracy | test UAR | test macro-F1 |"
+    assert "| audio | audio | actor-kfold" in done.stdout
+    header = "| variant | modality | protocol | selection | test accuracy | test UAR |"
     assert header in done.stdout  # the same table as an uninterrupted sweep prints
     sweeps = sorted(workspace.glob("sweeps/orchestrate/*"))
     assert len(sweeps) == 1  # resumed in place, not started afresh
@@ -89,12 +89,14 @@ def test_killed_sweep_resumes_to_the_requested_trials(tmp_path: Path) -> None:
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(complete) == NUM_SAMPLES  # the Optuna searcher carried on, not restarted
 
-    # The killed driver's parent run is closed as KILLED; the resumed one finished.
+    # The resumed driver goes on under the killed driver's parent run and finishes it; every
+    # study's trial and final runs are under it once.
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("orchestrate")
-    parents = [
-        run
-        for run in client.search_runs([experiment.experiment_id])
-        if "mlflow.parentRunId" not in run.data.tags
-    ]
-    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED"]
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [run for run in runs if run.data.tags.get("kind") == "sweep"]
+    assert [run.info.status for run in parents] == ["FINISHED"]
+    keys = [run.data.tags["orchestrate.key"] for run in runs]
+    assert len(keys) == len(set(keys))  # no run logged twice
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len([r for r in children if r.data.tags["kind"] == "trial"]) == 2 * NUM_SAMPLES

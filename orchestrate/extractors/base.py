@@ -50,6 +50,32 @@ class FaceTrack:
     crops: list[np.ndarray | None]
     fps: float
     crop_size: int
+    # (position, side) -> grayscale face: extractors that need the same face share it.
+    _gray: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def gray_face(self, position: int, size: int) -> np.ndarray:
+        """``crops[position]`` in grayscale at ``size`` x ``size`` (computed once per size).
+
+        BGR to gray first, then shrunk with area interpolation (enlarged: bilinear), as
+        every video extractor of the papers does; EMODal, Wang and Mitseas share the result.
+        """
+        key = (position, size)
+        if key not in self._gray:
+            import cv2
+
+            crop = self.crops[position]
+            if crop is None:
+                raise ValueError(f"frame {self.frame_indices[position]} has no face")
+            gray_key = (position, crop.shape[0])
+            gray = self._gray.get(gray_key)
+            if gray is None:
+                gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+                self._gray[gray_key] = gray
+            if gray.shape[0] != size:
+                interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
+                gray = cv2.resize(gray, (size, size), interpolation=interpolation)
+            self._gray[key] = gray
+        return self._gray[key]
 
     @property
     def frames_with_face(self) -> int:
@@ -177,6 +203,15 @@ def require_positive(extractor: Any, *names: str) -> None:
 def video_faces(
     media: ClipMedia, frame_step: int = 1
 ) -> tuple[FaceTrack, list[int], list[np.ndarray]]:
+    track, positions = video_face_positions(media, frame_step)
+    return (
+        track,
+        [track.frame_indices[p] for p in positions],
+        [track.crops[p] for p in positions],  # type: ignore[misc]
+    )
+
+
+def video_face_positions(media: ClipMedia, frame_step: int = 1) -> tuple[FaceTrack, list[int]]:
     """The clip's face track and the frames at multiples of ``frame_step`` that have a face.
 
     Returns ``(track, frame_indices, crops)``. Raises ``ExtractionError`` when no such frame
@@ -192,14 +227,14 @@ def video_faces(
             f"which can't give every {frame_step}th frame: decode with frame_stride=1"
         )
     picked = [
-        (index, crop)
-        for index, crop in zip(track.frame_indices, track.crops, strict=True)
+        position
+        for position, (index, crop) in enumerate(zip(track.frame_indices, track.crops, strict=True))
         if index % frame_step == 0 and crop is not None
     ]
     if not picked:
         looked_at = sum(index % frame_step == 0 for index in track.frame_indices)
         raise ExtractionError(f"no face in any of {looked_at} frames")
-    return track, [index for index, _ in picked], [crop for _, crop in picked]
+    return track, picked
 
 
 def face_nearest_middle(media: ClipMedia) -> tuple[FaceTrack, np.ndarray]:
@@ -207,10 +242,17 @@ def face_nearest_middle(media: ClipMedia) -> tuple[FaceTrack, np.ndarray]:
 
     Raises ``ExtractionError("no face in any of N frames")`` when no frame has a face.
     """
-    track, indices, crops = video_faces(media, frame_step=1)
+    track, position = middle_face_position(media)
+    return track, track.crops[position]  # type: ignore[return-value]
+
+
+def middle_face_position(media: ClipMedia) -> tuple[FaceTrack, int]:
+    """``face_nearest_middle``'s face as its position in the track (for ``gray_face``)."""
+    track, positions = video_face_positions(media, frame_step=1)
+    indices = [track.frame_indices[p] for p in positions]
     middle = track.frame_indices[len(track.frame_indices) // 2]
     nearest = min(range(len(indices)), key=lambda i: (abs(indices[i] - middle), indices[i]))
-    return track, crops[nearest]
+    return track, positions[nearest]
 
 
 def audible_samples(media: ClipMedia, sample_rate: int, min_rms: float) -> np.ndarray:

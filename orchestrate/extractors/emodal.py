@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
 from orchestrate.extractors.base import (
@@ -26,8 +25,8 @@ from orchestrate.extractors.base import (
     audible_samples,
     check_param_types,
     extractor_params,
-    face_nearest_middle,
     finite_features,
+    middle_face_position,
     require_positive,
 )
 
@@ -55,11 +54,8 @@ class EmodalFace:
         return extractor_params(self)
 
     def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
-        track, crop = face_nearest_middle(media)
-        gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        if gray.shape[0] != self.face_size:
-            interpolation = cv2.INTER_AREA if gray.shape[0] > self.face_size else cv2.INTER_LINEAR
-            gray = cv2.resize(gray, (self.face_size, self.face_size), interpolation=interpolation)
+        track, position = middle_face_position(media)
+        gray = track.gray_face(position, self.face_size)  # shared with Wang and Mitseas
         return {"face": gray, "frames_with_face": np.array(track.frames_with_face)}
 
     def make_embedder(self) -> Embedder | None:

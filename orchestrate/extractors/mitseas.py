@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
 from orchestrate.extractors.base import (
@@ -42,7 +41,7 @@ from orchestrate.extractors.base import (
     extractor_params,
     finite_features,
     require_positive,
-    video_faces,
+    video_face_positions,
 )
 from orchestrate.extractors.emodal import INT16_SCALE
 
@@ -167,8 +166,9 @@ class MitseasFer:
         return extractor_params(self)
 
     def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
-        track, _, crops = video_faces(media, frame_step=1)
-        faces = np.stack([_gray_face(crop, self.face_size) for crop in crops])
+        track, positions = video_face_positions(media, frame_step=1)
+        # The grayscale faces EMODal's and Wang's extractors take from the same track.
+        faces = np.stack([track.gray_face(position, self.face_size) for position in positions])
         return {"faces": faces, "frames_with_face": np.array(track.frames_with_face)}
 
     def make_embedder(self) -> Embedder | None:
@@ -233,12 +233,6 @@ class FerClipEmbedder:
                 )
             self._model = model
         return self._model
-
-
-def _gray_face(crop: np.ndarray, size: int) -> np.ndarray:
-    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-    interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(gray, (size, size), interpolation=interpolation)
 
 
 @functools.cache

@@ -35,8 +35,8 @@ from orchestrate.extractors.base import (
     Modality,
     check_param_types,
     extractor_params,
-    face_nearest_middle,
     finite_features,
+    middle_face_position,
     require_positive,
 )
 
@@ -76,12 +76,8 @@ class WangTexture:
         return extractor_params(self)
 
     def extract(self, media: ClipMedia) -> dict[str, np.ndarray]:
-        track, crop = face_nearest_middle(media)
-        gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        size = (self.face_size, self.face_size)
-        if gray.shape != size:
-            interpolation = cv2.INTER_AREA if gray.shape[0] > self.face_size else cv2.INTER_LINEAR
-            gray = cv2.resize(gray, size, interpolation=interpolation)
+        track, position = middle_face_position(media)
+        gray = track.gray_face(position, self.face_size)  # shared with EMODal and Mitseas
         return {
             "lbp": finite_features(
                 lbp_histograms(gray, self.lbp_points, self.lbp_radius, self.lbp_grid), "LBP"

@@ -1,20 +1,33 @@
-"""Stage 1, ingest: clips → Ray Data → per-clip decode + extractors → Parquet feature store.
+"""Stage 1, ingest: clips → Ray Data → per-clip read + decode + extractors → Parquet feature store.
 
 The pipeline, for one dataset:
 
-1. the dataset adapter lists clips (local path or ``s3://``), with labels and actors;
-2. Ray Data hashes every clip's bytes (``map``): the content hash is the cache key's first part;
-3. for every requested extractor, the clips whose (content hash, extractor, version,
-   parameter hash) has no row in the store are the work; nothing else is decoded;
-4. one function per clip (``map``) decodes the clip once (frames → largest-face crops, audio
-   track), runs the clip's missing extractors and serialises their outputs: raw frames
-   never leave that function;
-5. extractors with a network (VGG16, FER CNN) finish in ``map_batches`` on an actor pool,
-   on a GPU when the cluster has one;
-6. each extractor's rows are written as Parquet to its own directory of the store.
+1. the dataset adapter lists clips (local path or ``s3://``), with labels and actors, and one
+   listing of the root gives every file's identity (size and modification time; ETag on
+   S3). A clip whose files have the identity the last ingest's manifest recorded keeps
+   that ingest's content hash and is not read (``ingest.always_hash`` turns this off: then,
+   as for a new or changed clip, the hash is computed in the same read as the decode);
+2. the work: clips whose (content hash, extractor, version, parameter hash) key has no row
+   yet for some requested extractor, and clips whose content hash is not known yet (those
+   are hashed first, in the worker, and decoded only if the hash has keys missing);
+3. one Ray Data pass, streamed: one function per clip reads its files once (hash and, on
+   S3, download together), decodes them once (frames → largest-face crops, audio track),
+   runs the clip's missing extractors and serialises their outputs (raw frames never
+   leave that function); the networks (VGG16, FER CNN) then run batched over the block's
+   clips in ``map_batches`` on one actor pool (a GPU per actor when the cluster has
+   GPUs), each network loaded once per actor, in a thread, while its first clips decode;
+4. as each block finishes, its rows go to the store: one file per extractor, in the
+   extractor's own directory, named by the block's content hashes (a retried block
+   replaces its file), so a stopped ingest keeps what it wrote and a rerun computes only
+   the rest;
+5. the manifest (the clips, their content hashes and file identities) is written last,
+   and the summary reads only ``content_hash``, ``status`` and ``reason`` from the store.
 
 A clip that fails (corrupt container, no audio stream, no face...) becomes a ``failed`` row
-with a one-line reason; the rest goes on, and the summary counts failures by reason.
+with a one-line reason; the rest goes on, and the summary counts failures by reason. A
+transient read error (an S3 timeout, a lost connection) is not a property of the clip: it
+raises ``TransientReadError``, which Ray retries (``max_retries``, ``retry_exceptions``) and
+which is never cached as a failed row. ``ingest.retry_failed`` recomputes failed rows.
 """
 
 from __future__ import annotations
@@ -23,8 +36,11 @@ import hashlib
 import io
 import logging
 import re
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,15 +52,21 @@ import ray
 from orchestrate.config import RunConfig
 from orchestrate.datasets import list_clips
 from orchestrate.datasets.base import Clip
-from orchestrate.datasets.filesystem import content_hash
+from orchestrate.datasets.filesystem import (
+    content_hash,
+    file_identities,
+    hashed_local_copy,
+    is_s3_uri,
+)
 from orchestrate.extractors import EXTRACTORS, build_extractor
-from orchestrate.extractors.base import ExtractionError, Extractor, param_hash
+from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
 from orchestrate.store import (
     CLIP_COLUMNS,
     SHAPE_SUFFIX,
     ExtractorKey,
     FeatureStore,
     encode_arrays,
+    row_schema,
 )
 from tasks import TASKS
 
@@ -122,6 +144,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
         raise ValueError("dataset.root: give the dataset's directory, s3:// prefix or table file")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    # UDF errors reach Ray as themselves, so that retry_exceptions can match them.
+    context.raise_original_map_exception = True
+    context.actor_task_retry_on_errors = [TransientReadError]
     if not progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
@@ -130,9 +155,10 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
         return _ingest_sfew_table(config, store)
 
     started = time.perf_counter()
+    root = config.dataset.root
     listing = list_clips(
         config.dataset.name,
-        config.dataset.root,
+        root,
         config.storage_options,
         vocal_channel=config.dataset.vocal_channel,
     )
@@ -151,105 +177,191 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
             skipped_files=dict(listing.skipped),
         )
 
-    clips = _hash_clips(listing.clips, config)
-    store.write_manifest(config.dataset.name, config.dataset.root, clips)
-
-    # The work: for every clip, the extractors whose cache key has no row yet.
+    clips = _identify_clips(listing.clips, config, store)
+    # Hashes that have a row, per extractor: the projected content_hash column only.
     cached = {
-        extractor.name: store.cached_hashes(extractor_key(extractor)) for extractor in extractors
+        e.name: store.cached_hashes(extractor_key(e), ok_only=config.ingest.retry_failed)
+        for e in extractors
     }
     work = []
-    for row in clips.to_dict("records"):
-        # An audio-only clip has no video extractors to run (and vice versa): not a failure.
-        missing = [
-            e.name
-            for e in extractors
-            if row[f"{e.modality}_uri"] and row["content_hash"] not in cached[e.name]
-        ]
+    for row in clips:
+        if row["content_hash"] is None:
+            work.append({**row, "missing": None})  # hashed in the worker, then checked
+            continue
+        missing = _missing_extractors(row, row["content_hash"], extractors, cached)
         if missing:
             work.append({**row, "missing": missing})
 
+    computed = 0
     if work:
-        _extract(work, extractors, config, store)
+        hashed = _extract(work, extractors, cached, config, store)
+        computed = sum(decoded for _, decoded in hashed.values())
+        for row in clips:
+            if row["clip_id"] in hashed:
+                row["content_hash"] = hashed[row["clip_id"]][0]
+    manifest = pd.DataFrame(clips).sort_values("clip_id").reset_index(drop=True)
+    store.write_manifest(config.dataset.name, root, manifest)
     seconds = time.perf_counter() - started
-    summary = _summarise(config.dataset.name, clips, extractors, store, len(work), seconds)
+    summary = _summarise(config.dataset.name, manifest, extractors, store, computed, seconds)
     summary.rejected_files = rejected
     summary.skipped_files = dict(listing.skipped)
     return summary
 
 
-def _hash_clips(clips: list[Clip], config: RunConfig) -> pd.DataFrame:
-    """Clip fields plus the content hash of the clip's media, computed on the cluster."""
-    storage_options = config.storage_options
+class TransientReadError(OSError):
+    """Reading a clip's file failed in a way that may pass (S3 timeout, lost connection).
 
-    def hash_clip(row: dict[str, Any]) -> dict[str, Any]:
-        uris = [uri for uri in dict.fromkeys((row["video_uri"], row["audio_uri"])) if uri]
-        digest = hashlib.sha256()
-        for uri in uris:
-            try:
-                digest.update(content_hash(uri, storage_options).encode())
-            except OSError as error:
-                # Unreadable media still gets a row: extraction will report it as failed.
-                digest.update(f"unreadable:{uri}:{error}".encode())
-        return {**row, "content_hash": digest.hexdigest(), "source_uri": " + ".join(uris)}
+    Raised, never stored: Ray retries the task, and a clip that still can't be read stops
+    the ingest (what was written stays) instead of being cached as failed.
+    """
 
-    items = [asdict(clip) for clip in clips]
-    blocks = max(1, min(len(items), 4 * _cluster_cpus()))
-    hashed = ray.data.from_items(items, override_num_blocks=blocks).map(hash_clip).take_all()
-    clips = pd.DataFrame(hashed).sort_values("clip_id").reset_index(drop=True)
-    # A missing stream is None, not pandas' NaN: the extract step tests it for truth.
-    return clips.astype(object).where(clips.notna(), None)
+
+# Ray retries a task whose worker died (default) and one that raised TransientReadError.
+RETRY_ARGS: dict[str, Any] = {"max_retries": 3, "retry_exceptions": [TransientReadError]}
+
+
+def _identify_clips(clips: list[Clip], config: RunConfig, store: FeatureStore) -> list[dict]:
+    """Clip fields, source URI and identity, and the content hash where the identity vouches.
+
+    One listing of the dataset's root gives every file's identity; a clip whose URI and
+    identity match the last manifest's keeps that manifest's content hash (None otherwise:
+    the worker hashes it).
+    """
+    always_hash = config.ingest.always_hash
+    root = config.dataset.root
+    assert root is not None
+    identities = {} if always_hash else file_identities(root, config.storage_options)
+    previous = {} if always_hash else store.manifest_identities(config.dataset.name, root)
+    rows = []
+    for clip in clips:
+        uris = [uri for uri in dict.fromkeys((clip.video_uri, clip.audio_uri)) if uri]
+        source_uri = " + ".join(uris)
+        parts = [identities.get(uri) for uri in uris]
+        identity = " + ".join(parts) if all(parts) else None  # type: ignore[arg-type]
+        known = previous.get(clip.clip_id)
+        content = known[2] if identity and known and known[:2] == (source_uri, identity) else None
+        rows.append(
+            {
+                **asdict(clip),
+                "source_uri": source_uri,
+                "source_identity": identity,
+                "content_hash": content,
+            }
+        )
+    return rows
+
+
+def _missing_extractors(
+    row: dict[str, Any], content: str, extractors: list[Extractor], cached: dict[str, Any]
+) -> list[str]:
+    # An audio-only clip has no video extractors to run (and vice versa): not a failure.
+    return [
+        e.name for e in extractors if row[f"{e.modality}_uri"] and content not in cached[e.name]
+    ]
 
 
 def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+@dataclass(frozen=True)
+class StoreWrite:
+    """What a block's writer needs: the store and, per extractor, its key and stored arrays."""
+
+    store_uri: str
+    storage_options: dict[str, str]
+    extractors: tuple[tuple[str, ExtractorKey, tuple[str, ...]], ...]
+
+    def __call__(self, batch: pd.DataFrame, store: FeatureStore | None = None) -> pd.DataFrame:
+        """Write the batch's computed rows, one file per extractor; return clip outcomes."""
+        store = store or FeatureStore(self.store_uri, self.storage_options)
+        for name, key, outputs in self.extractors:
+            table = to_store_rows(batch, name, key, outputs)
+            if table.num_rows:
+                store.write_rows(key, table)
+        decoded = np.zeros(len(batch), dtype=bool)
+        for name, _, _ in self.extractors:
+            decoded |= (batch[f"{name}.status"] != "cached").to_numpy()
+        # Only what the driver needs: no feature array travels back.
+        return pd.DataFrame(
+            {
+                "clip_id": batch["clip_id"].to_numpy(),
+                "content_hash": batch["content_hash"].to_numpy(),
+                "decoded": decoded,
+            }
+        )
+
+
 def _extract(
     work: list[dict[str, Any]],
     extractors: list[Extractor],
+    cached: dict[str, set[str]],
     config: RunConfig,
     store: FeatureStore,
-) -> None:
+) -> dict[str, tuple[str, bool]]:
+    """Run the work through one streamed Ray Data pass; clip id -> (content hash, decoded)."""
     face_detect_width = config.ingest.face_detect_width
     storage_options = config.storage_options
+    # Workers check a freshly hashed clip against the cache themselves: only those need it.
+    cached_ref = ray.put(cached) if any(row["missing"] is None for row in work) else None
 
     def extract_clip(row: dict[str, Any]) -> dict[str, Any]:
-        return extract_one_clip(row, extractors, face_detect_width, storage_options)
+        return extract_one_clip(
+            row, extractors, face_detect_width, storage_options, _cached_sets(cached_ref)
+        )
 
+    writer = StoreWrite(
+        store.uri,
+        store.storage_options,
+        tuple((e.name, extractor_key(e), tuple(e.outputs)) for e in extractors),
+    )
     # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
     blocks = max(1, min(len(work), 4 * _cluster_cpus()))
-    dataset = ray.data.from_items(work, override_num_blocks=blocks).map(extract_clip)
+    dataset = ray.data.from_items(work, override_num_blocks=blocks).map(extract_clip, **RETRY_ARGS)
     networks = [e for e in extractors if e.make_embedder() is not None]
     if networks:
-        # One actor pool runs every network, each loaded once per actor. On a CPU cluster
-        # the pool has one actor per CPU and Ray Data fuses the per-clip map into it (each
-        # actor decodes, extracts and embeds); with GPUs it has one actor per GPU and the
-        # per-clip map stays in CPU tasks that feed it.
+        # One actor pool runs every network, each loaded once per actor, and writes the
+        # block's rows. On a CPU cluster the pool has one actor per CPU and Ray Data fuses
+        # the per-clip map into it (each actor reads, decodes, extracts, embeds and
+        # writes); with GPUs it has one actor per GPU and the per-clip map stays in CPU
+        # tasks that feed it.
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = config.ingest.embed_workers or gpus or _cluster_cpus()
         dataset = dataset.map_batches(
             EmbedClips,
-            fn_constructor_kwargs={"networks": {e.name: e.params for e in networks}},
+            fn_constructor_kwargs={
+                "networks": {e.name: e.params for e in networks},
+                "writer": writer,
+            },
             batch_size=config.ingest.embed_batch_size,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=1 if gpus else 0,
         )
-    # Features only from here on (no frames, no crops): small enough to hold once.
-    dataset = dataset.materialize()
-    for extractor in extractors:
-        key = extractor_key(extractor)
-        rows = dataset.map_batches(
-            to_store_rows,
-            fn_kwargs={
-                "extractor": extractor.name,
-                "key": key,
-                "outputs": tuple(extractor.outputs),
-            },
-            batch_format="pandas",
-        )
-        rows.write_parquet(store.path(key.directory), filesystem=store.filesystem)
+    else:
+        dataset = dataset.map_batches(writer, batch_format="pandas", **RETRY_ARGS)
+    # Streamed: each block is written as it finishes; only clip outcomes come back.
+    outcomes: dict[str, tuple[str, bool]] = {}
+    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
+        for clip_id, content, decoded in zip(
+            batch["clip_id"], batch["content_hash"], batch["decoded"], strict=True
+        ):
+            outcomes[clip_id] = (content, bool(decoded))
+    return outcomes
+
+
+_CACHED_SETS: dict[str, dict[str, set[str]]] = {}
+
+
+def _cached_sets(ref: ray.ObjectRef | None) -> dict[str, set[str]] | None:
+    """The cache's content hashes, fetched once per worker process."""
+    if ref is None:
+        return None
+    key = ref.hex()
+    if key not in _CACHED_SETS:
+        _CACHED_SETS.clear()
+        _CACHED_SETS[key] = ray.get(ref)
+    return _CACHED_SETS[key]
 
 
 def extract_one_clip(
@@ -257,74 +369,147 @@ def extract_one_clip(
     extractors: list[Extractor],
     face_detect_width: int,
     storage_options: dict[str, str],
+    cached: dict[str, set[str]] | None = None,
 ) -> dict[str, Any]:
-    """Decode one clip once and run its missing extractors; failures become reasons.
+    """Read one clip once, and decode it once for its missing extractors; failures become reasons.
 
-    Every row gets the same columns (``<extractor>.status/.reason/.payload``) so that
-    Ray Data blocks share one schema; an extractor whose row is cached gets ``cached``.
+    A clip without a known content hash (``row["content_hash"]`` None) is hashed in the
+    same read; its missing extractors are then those without a row in ``cached``. Every
+    row gets the same columns (``<extractor>.status/.reason/.payload``) so that Ray Data
+    blocks share one schema; an extractor whose row is cached gets ``cached``.
     """
     import cv2
 
     from orchestrate.faces import HaarFaceDetector
-    from orchestrate.media import decode_clip
+    from orchestrate.media import decode_audio, decode_faces
 
     # One Ray CPU, one thread: Ray already sets OMP_NUM_THREADS=1 for torch in its workers,
     # and OpenCV's own thread pool would otherwise oversubscribe the node's cores.
     cv2.setNumThreads(1)
-    clip = Clip(**{name: row[name] for name in Clip.__dataclass_fields__})
-    missing = [e for e in extractors if e.name in row["missing"]]
-    media: dict[str, Any] = {}
-    decode_error: dict[str, str] = {}
-    modalities = [m for m in ("video", "audio") if any(e.modality == m for e in missing)]
-    detector = HaarFaceDetector(detect_width=face_detect_width)
-
-    def decode(*wanted: str) -> Any:
-        return decode_clip(
-            clip,
-            need_video="video" in wanted,
-            need_audio="audio" in wanted,
-            detector=detector,
-            storage_options=storage_options,
-        )
-
-    try:
-        # One pass (and, for S3, one download) when the clip decodes cleanly...
-        both = decode(*modalities)
-        media = {modality: both for modality in modalities}
-    except ExtractionError:
-        # ...else decode each modality alone, so a missing audio stream spares the faces.
+    uris = {"video": row["video_uri"], "audio": row["audio_uri"]}
+    with ExitStack() as stack:
+        paths, read_errors, content = _read_clip_files(row, stack, storage_options)
+        if row["missing"] is None:
+            assert cached is not None
+            missing_names = _missing_extractors(row, content, extractors, cached)
+        else:
+            missing_names = row["missing"]
+        missing = [e for e in extractors if e.name in missing_names]
+        modalities = [m for m in ("video", "audio") if any(e.modality == m for e in missing)]
+        media: dict[str, ClipMedia] = {}
+        decode_error: dict[str, str] = {}
         for modality in modalities:
+            uri = uris[modality]
+            if uri in read_errors:
+                decode_error[modality] = read_errors[uri](modality)
+                continue
             try:
-                media[modality] = decode(modality)
+                # Each modality decoded once: a clip without audio spares its faces.
+                if modality == "video":
+                    detector = HaarFaceDetector(detect_width=face_detect_width)
+                    media[modality] = ClipMedia(
+                        faces=decode_faces(paths[uri], detector), audio=None
+                    )
+                else:
+                    media[modality] = ClipMedia(faces=None, audio=decode_audio(paths[uri]))
             except ExtractionError as error:
                 decode_error[modality] = str(error)
+        if "video" in media and "audio" in media:
+            # Extractors of one modality see a ClipMedia as decode_clip gives it.
+            both = ClipMedia(faces=media["video"].faces, audio=media["audio"].audio)
+            media = {"video": both, "audio": both}
 
-    out = {name: row[name] for name in CLIP_COLUMNS}
-    for extractor in extractors:
-        status, reason, payload = "cached", "", b""
-        if extractor in missing:
-            status = "ok"
-            try:
-                if extractor.modality in decode_error:
-                    raise ExtractionError(decode_error[extractor.modality])
-                payload = pack_arrays(extractor.extract(media[extractor.modality]))
-            except ExtractionError as error:
-                status, reason = "failed", str(error)
-        out[f"{extractor.name}.status"] = status
-        out[f"{extractor.name}.reason"] = reason
-        out[f"{extractor.name}.payload"] = payload
+        out = {name: row[name] for name in CLIP_COLUMNS if name != "content_hash"}
+        out["content_hash"] = content
+        for extractor in extractors:
+            status, reason, payload = "cached", "", b""
+            if extractor in missing:
+                status = "ok"
+                try:
+                    if extractor.modality in decode_error:
+                        raise ExtractionError(decode_error[extractor.modality])
+                    payload = pack_arrays(extractor.extract(media[extractor.modality]))
+                except ExtractionError as error:
+                    status, reason = "failed", str(error)
+            out[f"{extractor.name}.status"] = status
+            out[f"{extractor.name}.reason"] = reason
+            out[f"{extractor.name}.payload"] = payload
     return out
 
 
-class EmbedClips:
-    """``map_batches`` actor: runs the networks (VGG16, FER CNN) over a batch of clips' crops."""
+def _read_clip_files(
+    row: dict[str, Any], stack: ExitStack, storage_options: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Callable[[str], str]], str]:
+    """(local path per URI, read error per URI by role, content hash); each file read once.
 
-    def __init__(self, networks: dict[str, dict[str, Any]]):
-        self.embedders = {
-            name: build_extractor(name, params).make_embedder() for name, params in networks.items()
-        }
+    Files are read (hashed; on S3 downloaded too) only when the clip's content hash is
+    unknown or a file must be decoded. The content hash is the sha256 of the files' sha256
+    digests; an unreadable file contributes its error, so that a clip that becomes
+    readable gets a new hash. A transient error on S3 raises ``TransientReadError``.
+    """
+    uris = [uri for uri in dict.fromkeys((row["video_uri"], row["audio_uri"])) if uri]
+    paths: dict[str, Any] = {}
+    errors: dict[str, Callable[[str], str]] = {}
+    digest = hashlib.sha256()
+    for uri in uris:
+        try:
+            path, file_digest = stack.enter_context(hashed_local_copy(uri, storage_options))
+        except FileNotFoundError as error:
+            errors[uri] = lambda role: f"{role} file not found"  # decode_clip's reasons
+            digest.update(f"unreadable:{uri}:{error}".encode())
+            continue
+        except (OSError, ValueError) as error:
+            if is_s3_uri(uri) and isinstance(error, OSError):
+                raise TransientReadError(f"{uri}: {error}") from error
+            detail = _one_line(error)
+            errors[uri] = lambda role, detail=detail: f"unreadable {role} file ({detail})"
+            digest.update(f"unreadable:{uri}:{error}".encode())
+            continue
+        paths[uri] = path
+        digest.update(file_digest.encode())
+    content = row["content_hash"] or digest.hexdigest()
+    return paths, errors, content
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class EmbedClips:
+    """``map_batches`` actor: the networks (VGG16, FER CNN) over a batch of clips' crops,
+    then the batch's rows written to the store.
+
+    The networks load in a thread started here, so the actor's first clips decode (on a
+    CPU cluster, in this same actor) while torch loads the weights.
+    """
+
+    def __init__(self, networks: dict[str, dict[str, Any]], writer: StoreWrite):
+        import torch
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        self.writer = writer
+        self.store = FeatureStore(writer.store_uri, writer.storage_options)
+        self.embedders: dict[str, Any] = {}
+        self._load_error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load, args=(networks,), daemon=True)
+        self._loader.start()
+
+    def _load(self, networks: dict[str, dict[str, Any]]) -> None:
+        try:
+            for name, params in networks.items():
+                embed = build_extractor(name, params).make_embedder()
+                load = getattr(embed, "_load", None)
+                if load is not None:
+                    load()  # the network itself, not only the batch function
+                self.embedders[name] = embed
+        except BaseException as error:  # re-raised in __call__, on Ray's error path
+            self._load_error = error
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        self._loader.join()
+        if self._load_error is not None:
+            raise self._load_error
         for name, embed in self.embedders.items():
             status = batch[f"{name}.status"]
             todo = [i for i, value in enumerate(status) if value == "ok"]
@@ -335,7 +520,7 @@ class EmbedClips:
             for i, features in zip(todo, embed(inputs), strict=True):
                 payloads[i] = pack_arrays(features)
             batch[f"{name}.payload"] = payloads
-        return batch
+        return self.writer(batch, self.store)
 
 
 def to_store_rows(
@@ -356,21 +541,7 @@ def to_store_rows(
     for name in outputs:
         columns[name] = [row[name] for row in encoded]
         columns[name + SHAPE_SUFFIX] = [row[name + SHAPE_SUFFIX] for row in encoded]
-    schema = pa.schema(
-        [
-            (name, pa.string())
-            for name in (*CLIP_COLUMNS, "extractor", "version", "param_hash", "status", "reason")
-        ]
-        + [
-            field
-            for name in outputs
-            for field in (
-                (name, pa.list_(pa.float32())),
-                (name + SHAPE_SUFFIX, pa.list_(pa.int32())),
-            )
-        ]
-    )
-    return pa.Table.from_pydict(columns, schema=schema)
+    return pa.Table.from_pydict(columns, schema=row_schema(outputs))
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -398,8 +569,11 @@ def _summarise(
     # content hash -> reason -> the extractors that failed with it
     reasons: dict[str, dict[str, list[str]]] = {}
     for extractor in extractors:
-        rows = store.feature_rows(extractor_key(extractor), hashes)
-        failed = rows[rows["status"] != "ok"]
+        # Three projected columns, filtered to this dataset's clips: never a feature array.
+        rows = store.row_statuses(extractor_key(extractor), hashes)
+        ok = set(rows.loc[rows["status"] == "ok", "content_hash"])
+        failed = rows[(rows["status"] != "ok") & ~rows["content_hash"].isin(ok)]
+        failed = failed.drop_duplicates("content_hash", keep="first")
         for content, reason in zip(failed["content_hash"], failed["reason"], strict=True):
             reasons.setdefault(content, {}).setdefault(reason, []).append(extractor.name)
     failed_clips = [

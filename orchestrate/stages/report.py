@@ -1,17 +1,24 @@
-"""Stage 3, report: ablation tables in MLflow, next to each paper's reported numbers.
+"""Stage 3, report: what MLflow records of a sweep, and the ablation tables beside the papers.
 
-Per task, one parent run holds the sweep's nested trial runs and the ablation table
-(rows: the task's variants — audio-only, video-only, fused; columns: our mean ± std over
-folds and seeds, the paper's number and protocol), logged as an MLflow table, as Markdown
-and HTML artifacts and as a bar chart; plus confusion matrices and Optuna plots.
+Per task sweep, a parent run; nested under it, a run per trial (its configuration and
+validation history) and a run per outer fold's final model (its per-epoch test metrics and
+confusion matrix), each with the provenance of the sweep (git commit, package versions,
+Ray job), the feature cache keys, a ``modality`` tag and the swept clips as an MLflow
+dataset input. The parent carries the ablation table's numbers as metrics, the table
+(``log_table``, Markdown, HTML), the ablation and per-class recall charts, the pooled
+confusion matrices, the Optuna plots of every study, and the variant's best model in
+MLflow's own flavour. This module builds those runs as :class:`~orchestrate.tracking.RunRecord`
+s; :mod:`orchestrate.tracking` writes them (through its spool). Rows: one per variant x
+protocol; columns: outer-test mean ± std and 95% interval over folds x seeds, chance, the
+paper's number, protocol and our difference to it.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import time
-from pathlib import Path
+import warnings
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import matplotlib
@@ -19,34 +26,21 @@ import matplotlib
 matplotlib.use("Agg")  # reports are files, never windows
 
 import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 
-from orchestrate.config import RunConfig
 from orchestrate.protocols import ACTOR_PROTOCOLS
 from orchestrate.stages.sweep import StudyOutcome, VariantResult
-from orchestrate.stages.trials import METRICS
+from orchestrate.stages.trials import METRICS, read_exported
+from orchestrate.tracking import DatasetRef, ModelRef, RunRecord
 
 # Rebuilding each study for its plots would log "A new study created" once per fold.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "macro_f1": "macro-F1"}
-
-
-def ensure_experiment(config: RunConfig) -> str:
-    """The run's MLflow experiment id, created with a workspace artifact root when local."""
-    mlflow.set_tracking_uri(config.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    local = config.tracking_uri.startswith(("sqlite:", "file:", "/"))
-    # A SQLite store needs an explicit artifact location; a server chooses its own.
-    location = config.artifact_location if local else None
-    return mlflow.create_experiment(config.tracking.experiment, artifact_location=location)
+# The papers' metric names, as ours: Wang's "average per-class accuracy" is UAR.
+PAPER_METRIC = {"average_per_class_accuracy": "uar"}
 
 
 def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFrame:
@@ -61,6 +55,7 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
         row: dict[str, object] = {
             "task": result.task,
             "variant": result.variant,
+            "modality": result.modality,
             "protocol": result.protocol,
             "speaker_independent": result.protocol in ACTOR_PROTOCOLS,
             "is_paper_protocol": result.is_paper_protocol,
@@ -86,6 +81,11 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
             f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper
         )
         row["paper_protocol"] = "; ".join(dict.fromkeys(p.protocol for p in paper))
+        # Our number minus the paper's, on the paper's (first) metric, under this row's protocol.
+        row["paper_metric"] = PAPER_METRIC.get(paper[0].metric, paper[0].metric) if paper else ""
+        row["paper_value"] = paper[0].value if paper else float("nan")
+        ours = row.get(row["paper_metric"], float("nan")) if paper else float("nan")
+        row["difference"] = _rounded(ours - paper[0].value) if paper else float("nan")
         row["clips_left_out"] = len(result.left_out)
         row["error"] = result.error or ""
         rows.append(row)
@@ -117,10 +117,22 @@ def protocol_label(row: dict) -> str:
     return f"{row['protocol']} ({paper}{speaker}, {row['folds']} folds x {row['seeds']} seeds)"
 
 
+def _paper_cell(row: dict) -> str:
+    return row["paper"] or "—"
+
+
+def _difference_cell(row: dict) -> str:
+    difference = row["difference"]
+    if not np.isfinite(difference):
+        return "—"
+    return f"{difference:+.3f} ({METRIC_NAMES.get(row['paper_metric'], row['paper_metric'])})"
+
+
 def table_markdown(table: pd.DataFrame) -> str:
     """The ablation table as Markdown: outer-test mean ± std [95% interval], paper beside it."""
     header = [
         "variant",
+        "modality",
         "protocol",
         "selection",
         *(f"test {METRIC_NAMES[m]}" for m in METRICS),
@@ -128,58 +140,214 @@ def table_markdown(table: pd.DataFrame) -> str:
         "chance UAR",
         "paper",
         "paper protocol",
+        "ours − paper",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
-        if row["error"] and not row["n"]:
-            ours = [f"not swept: {row['error']}", "", "", ""]
-        else:
-            validation = row["validation_uar"]
-            ours = [
-                *(_cell(row, m) for m in METRICS),
-                f"{validation:.3f}" if np.isfinite(validation) else "—",
-            ]
+        lines.append("| " + " | ".join(str(cell) for cell in _row_cells(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _row_cells(row: dict) -> list[str]:
+    if row["error"] and not row["n"]:
+        ours = [f"not swept: {row['error']}", "", "", ""]
+    else:
+        validation = row["validation_uar"]
+        ours = [
+            *(_cell(row, m) for m in METRICS),
+            f"{validation:.3f}" if np.isfinite(validation) else "—",
+        ]
+    return [
+        row["variant"],
+        row.get("modality", ""),
+        protocol_label(row),
+        row["selection"],
+        *ours,
+        f"{row['chance_uar']:.3f}",
+        _paper_cell(row),
+        row["paper_protocol"] or "—",
+        _difference_cell(row),
+    ]
+
+
+def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Across papers: every task's rows, outer-test UAR and accuracy beside the paper's number."""
+    rows = []
+    for table in tables.values():
+        for row in table.to_dict("records"):
+            rows.append(
+                {
+                    "task": row["task"],
+                    "variant": row["variant"],
+                    "modality": row.get("modality", ""),
+                    "protocol": row["protocol"],
+                    "speaker_independent": row["speaker_independent"],
+                    "uar": row["uar"],
+                    "uar_std": row["uar_std"],
+                    "accuracy": row["accuracy"],
+                    "accuracy_std": row["accuracy_std"],
+                    "chance_uar": row["chance_uar"],
+                    "paper": row["paper"],
+                    "paper_protocol": row["paper_protocol"],
+                    "difference": row["difference"],
+                    "paper_metric": row["paper_metric"],
+                    "n": row["n"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    header = [
+        "task",
+        "variant",
+        "modality",
+        "protocol",
+        "test UAR",
+        "test accuracy",
+        "chance",
+        "paper",
+        "ours − paper",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.to_dict("records"):
+        speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
         cells = [
+            row["task"],
             row["variant"],
-            protocol_label(row),
-            row["selection"],
-            *ours,
+            row["modality"],
+            f"{row['protocol']} ({speaker})",
+            _short(row["uar"], row["uar_std"]),
+            _short(row["accuracy"], row["accuracy_std"]),
             f"{row['chance_uar']:.3f}",
             row["paper"] or "—",
-            row["paper_protocol"] or "—",
+            _difference_cell(row),
         ]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_html(title: str, table: pd.DataFrame) -> str:
+def _short(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f} (n=1)"
+
+
+TABLE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.ablation { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
+table.ablation th, table.ablation td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
+table.ablation th { background: #f0f3f7; }
+table.ablation tr.dependent td { color: #8a5a00; }
+td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+.note { color: #555; font-size: 0.85em; }
+"""
+
+
+def table_html_fragment(table: pd.DataFrame, summary: bool = False) -> str:
+    """The table as an HTML ``<table class="ablation">`` (speaker-dependent rows marked)."""
+    if summary:
+        header = [
+            "task",
+            "variant",
+            "modality",
+            "protocol",
+            "test UAR",
+            "test accuracy",
+            "chance",
+            "paper",
+            "ours − paper",
+        ]
+    else:
+        header = [
+            "variant",
+            "modality",
+            "protocol",
+            "selection",
+            *(f"test {METRIC_NAMES[m]} mean ± std [95%]" for m in METRICS),
+            "validation UAR",
+            "chance UAR",
+            "paper",
+            "paper protocol",
+            "ours − paper",
+        ]
+    out = ["<table class='ablation'><tr>"]
+    out += [f"<th>{html.escape(h)}</th>" for h in header]
+    out.append("</tr>")
+    for row in table.to_dict("records"):
+        if summary:
+            speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
+            cells = [
+                row["task"],
+                row["variant"],
+                row["modality"],
+                f"{row['protocol']} ({speaker})",
+                _short(row["uar"], row["uar_std"]),
+                _short(row["accuracy"], row["accuracy_std"]),
+                f"{row['chance_uar']:.3f}",
+                row["paper"] or "—",
+                _difference_cell(row),
+            ]
+        else:
+            cells = _row_cells(row)
+        kind = "independent" if row["speaker_independent"] else "dependent"
+        out.append(f"<tr class='{kind}'>")
+        out += [f"<td class='num'>{html.escape(str(cell))}</td>" for cell in cells]
+        out.append("</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def table_html(title: str, table: pd.DataFrame, summary: bool = False) -> str:
     return (
-        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-        f"<h2>{html.escape(title)}</h2>{table.to_html(index=False)}</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{TABLE_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
+        f"{table_html_fragment(table, summary)}"
+        "<p class='note'>Outer-test numbers (nested selection: no choice saw the test fold); "
+        "speaker-dependent rows in brown.</p></body></html>"
     )
 
 
-def ablation_figure(task_name: str, table: pd.DataFrame, metric: str = "uar") -> plt.Figure:
-    """Bars: outer-test mean ± std per variant and protocol; the chance level as a line."""
-    figure, axis = plt.subplots(figsize=(1.6 + 1.1 * len(table), 3.4))
-    positions = np.arange(len(table))
+# --- figures --------------------------------------------------------------------------------
+
+
+def ablation_figure(task_name: str, table: pd.DataFrame) -> plt.Figure:
+    """Bars of outer-test UAR and accuracy (mean ± std) per row, chance line, paper marked."""
+    swept = table[table["n"] > 0].reset_index(drop=True)
+    figure, axes = plt.subplots(1, 2, figsize=(2.5 + 2.0 * max(1, len(swept)), 3.8), sharey=True)
+    positions = np.arange(len(swept))
     colours = [
-        "#4C78A8" if independent else "#F58518" for independent in table["speaker_independent"]
+        "#4C78A8" if independent else "#F58518" for independent in swept["speaker_independent"]
     ]
-    axis.bar(
-        positions,
-        table[metric].fillna(0),
-        yerr=table[f"{metric}_std"].fillna(0),
-        capsize=4,
-        color=colours,
-    )
-    axis.axhline(float(table["chance_uar"].iloc[0]), color="grey", linestyle="--", label="chance")
-    labels = [f"{v}\n{p}" for v, p in zip(table["variant"], table["protocol"], strict=True)]
-    axis.set_xticks(positions, labels, fontsize=7)
-    axis.set_ylim(0, 1)
-    axis.set_ylabel(f"test {METRIC_NAMES[metric]}")
-    axis.set_title(f"{task_name}: outer-test {METRIC_NAMES[metric]} (blue: speaker-independent)")
-    axis.legend(loc="upper right", fontsize=7)
+    labels = [f"{v}\n{p}" for v, p in zip(swept["variant"], swept["protocol"], strict=True)]
+    for axis, metric in zip(axes, ("uar", "accuracy"), strict=True):
+        axis.bar(
+            positions,
+            swept[metric].fillna(0),
+            yerr=swept[f"{metric}_std"].fillna(0),
+            capsize=4,
+            color=colours,
+        )
+        if len(swept):
+            axis.axhline(
+                float(swept["chance_uar"].iloc[0]), color="grey", linestyle="--", label="chance"
+            )
+        marked = swept[swept["paper_metric"] == metric]
+        if len(marked):
+            axis.scatter(
+                positions[marked.index],
+                marked["paper_value"],
+                marker="D",
+                color="#D62728",
+                zorder=3,
+                label="paper",
+            )
+        axis.set_xticks(positions, labels, fontsize=7)
+        axis.set_ylim(0, 1)
+        axis.set_title(f"test {METRIC_NAMES[metric]}")
+        axis.legend(loc="upper right", fontsize=7)
+    axes[0].set_ylabel("outer test (blue: speaker-independent)")
+    figure.suptitle(f"{task_name}: ablation, outer-test mean ± std over folds x seeds")
     figure.tight_layout()
     return figure
 
@@ -194,148 +362,322 @@ def confusion_figure(
     axis.set_yticks(range(len(classes)), classes)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=8)
     for (i, j), value in np.ndenumerate(matrix):
         axis.text(j, i, str(value), ha="center", va="center", fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def log_task_report(
-    task: ModuleType, results: list[VariantResult], parent_run_id: str, out_dir: Path
-) -> pd.DataFrame:
-    """Log the task's trial and final-model runs, ablation table, figures and Optuna plots."""
-    table = ablation_table(task, results)
-    markdown = table_markdown(table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{task.NAME}.md").write_text(markdown)
-    client = MlflowClient()
-    for result in results:
-        log_study_runs(client, result, parent_run_id)
-    client.log_table(parent_run_id, data=table, artifact_file=f"ablation/{task.NAME}.json")
-    client.log_text(parent_run_id, markdown, f"ablation/{task.NAME}.md")
-    client.log_text(
-        parent_run_id, table_html(f"{task.NAME} ablation", table), f"ablation/{task.NAME}.html"
+def recall_figure(task_name: str, results: list[VariantResult], classes: tuple[str, ...]):
+    """Per-class recall of every row (outer test, pooled over folds x seeds)."""
+    rows = [r for r in results if r.finals]
+    figure, axis = plt.subplots(figsize=(2.0 + 0.9 * len(classes), 3.6))
+    width = 0.8 / max(1, len(rows))
+    for i, result in enumerate(rows):
+        matrix = np.asarray(result.confusion, dtype=float)
+        totals = matrix.sum(axis=1)
+        recall = np.divide(
+            np.diag(matrix), totals, out=np.full(len(totals), np.nan), where=totals > 0
+        )
+        axis.bar(
+            np.arange(len(classes)) + i * width,
+            np.nan_to_num(recall),
+            width,
+            label=f"{result.variant} ({result.protocol})",
+        )
+    axis.axhline(1.0 / len(classes), color="grey", linestyle="--", label="chance")
+    axis.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("outer-test recall")
+    axis.set_title(f"{task_name}: per-class recall")
+    axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    return figure
+
+
+def optuna_figures(outcome: StudyOutcome) -> dict[str, plt.Figure]:
+    """Optuna's optimisation history and parameter importances of one study (matplotlib)."""
+    completed = [t for t in outcome.optuna_trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        return {}
+    study = optuna.create_study(direction="maximize", study_name=outcome.plan_name)
+    study.add_trials(outcome.optuna_trials)
+    plots = {"history": optuna.visualization.matplotlib.plot_optimization_history}
+    if len(completed) > 1 and study.best_trial.params:
+        plots["importance"] = optuna.visualization.matplotlib.plot_param_importances
+    figures = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" warnings of the matplotlib backend
+        for name, plot in plots.items():
+            try:
+                axis = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need parameters that varied
+            figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
+            figure.set_size_inches(6, 3.6)
+            figure.tight_layout()
+            figures[name] = figure
+    return figures
+
+
+# --- the runs -----------------------------------------------------------------------------
+
+
+@dataclass
+class SweepContext:
+    """What every run of one sweep carries: where it came from and what it read."""
+
+    experiment: str
+    dataset: str
+    sweep_dir: str
+    seed: int
+    provenance: dict[str, str]
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+    def parent_key(self, task: str) -> str:
+        return f"{self.sweep_dir}|{task}"
+
+    def summary_key(self) -> str:
+        return f"{self.sweep_dir}|summary"
+
+
+def _row_tags(context: SweepContext, row: VariantResult) -> dict[str, str]:
+    return {
+        **context.provenance,
+        "task": row.task,
+        "variant": row.variant,
+        "modality": row.modality,
+        "protocol": row.protocol,
+        "speaker_independent": str(row.protocol in ACTOR_PROTOCOLS).lower(),
+        "selection": row.selection,
+        "dataset": context.dataset,
+        "sweep_dir": context.sweep_dir,
+        **{f"features.{name}": key for name, key in row.cache_keys.items()},
+    }
+
+
+def dataset_input(context: SweepContext, row: VariantResult, role: str) -> DatasetRef:
+    """The clips a row swept, as an MLflow dataset: named by task/variant, digested by content."""
+    import hashlib
+
+    frame = pd.DataFrame(row.clips, columns=["clip_id", "actor", "label"])
+    digest = hashlib.sha256(
+        json.dumps([row.clips, sorted(row.cache_keys.items())]).encode()
+    ).hexdigest()[:16]
+    return DatasetRef(
+        name=f"{context.dataset}/{row.task}-{row.variant}",
+        digest=digest,
+        source=row.manifest_uri or context.dataset,
+        frame=frame,
+        context=role,
     )
-    figure = ablation_figure(task.NAME, table)
-    client.log_figure(parent_run_id, figure, f"ablation/{task.NAME}.png")
-    plt.close(figure)
-    metrics = []
+
+
+def study_records(
+    context: SweepContext, row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...]
+) -> list[RunRecord]:
+    """Nested runs of one outer fold's study: each trial, and each final (retrained) model."""
+    parent = context.parent_key(row.task)
+    tags = {**_row_tags(context, row), "fold": str(outcome.fold), "study": outcome.plan_name}
+    records = []
+    for trial in outcome.trials:
+        record = RunRecord(
+            key=f"{context.sweep_dir}|{outcome.plan_name}|trial|{trial.trial_id}",
+            name=f"{outcome.plan_name} trial {trial.trial_id}",
+            parent=parent,
+            tags={
+                **tags,
+                "kind": "trial",
+                "trial_id": trial.trial_id,
+                "chosen": str(trial.trial_id == outcome.chosen_trial).lower(),
+                **({"error": trial.error[:5000]} if trial.error else {}),
+            },
+            params={k: str(v) for k, v in sorted(trial.config.items())},
+            inputs=[dataset_input(context, row, "trial: inner training + validation")],
+            status="FAILED" if trial.error else "FINISHED",
+        )
+        for i, epoch in enumerate(trial.history):
+            step = int(epoch.get("training_iteration", i + 1))
+            for key, value in epoch.items():
+                if key.startswith(("val_", "train_")):
+                    record.metric(key, value, step)
+        records.append(record)
+    for final in outcome.finals:
+        record = RunRecord(
+            key=f"{context.sweep_dir}|{outcome.plan_name}|final|{final.seed}",
+            name=f"{outcome.plan_name} final seed {final.seed}",
+            parent=parent,
+            tags={
+                **tags,
+                "kind": "final",
+                "seed": str(final.seed),
+                "chosen_trial": outcome.chosen_trial,
+            },
+            params={k: str(v) for k, v in sorted(outcome.chosen_config.items())},
+            inputs=[dataset_input(context, row, "final: outer training + test")],
+            texts={
+                "confusion.json": json.dumps({"classes": classes, "confusion": final.confusion})
+            },
+            figures={
+                "confusion.png": confusion_figure(
+                    f"{outcome.plan_name}, seed {final.seed}: outer test", final.confusion, classes
+                )
+            },
+            status="FINISHED",
+        )
+        for epoch in final.history:
+            for key, value in epoch.items():
+                if key != "epoch":
+                    record.metric(key, value, int(epoch["epoch"]))
+        for key, value in final.metrics.items():
+            record.metric(f"test_{key}", value, final.epochs)
+        for key, value in outcome.validation.items():
+            if key.startswith("val_"):
+                record.metric(f"chosen_{key}", value)
+        records.append(record)
+    return records
+
+
+def parent_open_record(
+    context: SweepContext, task: str, params: dict[str, str], texts: dict[str, str]
+) -> RunRecord:
+    """The task sweep's parent run, opened before its studies start (left RUNNING)."""
+    return RunRecord(
+        key=context.parent_key(task),
+        name=f"{task} sweep",
+        tags={
+            **context.provenance,
+            "task": task,
+            "kind": "sweep",
+            "dataset": context.dataset,
+            "sweep_dir": context.sweep_dir,
+            "seed": str(context.seed),
+        },
+        params=params,
+        texts=texts,
+    )
+
+
+def parent_close_record(
+    context: SweepContext, task: ModuleType, results: list[VariantResult], table: pd.DataFrame
+) -> RunRecord:
+    """The parent's table, metrics, figures and best models; the run is finished with it."""
+    markdown = table_markdown(table)
+    record = RunRecord(
+        key=context.parent_key(task.NAME),
+        name=f"{task.NAME} sweep",
+        texts={
+            f"ablation/{task.NAME}.md": markdown,
+            f"ablation/{task.NAME}.html": table_html(f"{task.NAME} ablation", table),
+        },
+        tables={f"ablation/{task.NAME}.json": table},
+        figures={
+            f"ablation/{task.NAME}.png": ablation_figure(task.NAME, table),
+            f"ablation/{task.NAME}-recall.png": recall_figure(task.NAME, results, task.CLASSES),
+        },
+        status="FINISHED",
+    )
     for row in table.to_dict("records"):
-        for name in (*METRICS, *(f"{m}_std" for m in METRICS), "validation_uar"):
-            if np.isfinite(row[name]):
-                key = f"{row['variant']}.{row['protocol']}.{name}"
-                metrics.append(Metric(key, float(row[name]), _now(), 0))
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
+        for name in (*METRICS, *(f"{m}_std" for m in METRICS), "validation_uar", "difference"):
+            record.metric(f"{row['variant']}.{row['protocol']}.{name}", row[name])
+    seen_inputs = set()
     for result in results:
         row_name = f"{result.variant}-{result.protocol}"
         if result.error:
-            client.log_text(parent_run_id, result.error + "\n", f"failed/{row_name}.txt")
+            record.texts[f"failed/{row_name}.txt"] = result.error + "\n"
+        if result.clips and result.variant not in seen_inputs:
+            seen_inputs.add(result.variant)
+            record.inputs.append(dataset_input(context, result, f"sweep: {result.variant}"))
+        for name, key in result.cache_keys.items():
+            record.tags[f"features.{name}"] = key
         if not result.finals:
             continue
-        client.log_dict(
-            parent_run_id,
-            {o.plan_name: _plain(o.chosen_config) for o in result.outcomes},
-            f"chosen/{row_name}.json",
+        record.texts[f"chosen/{row_name}.json"] = json.dumps(
+            {o.plan_name: _plain(o.chosen_config) for o in result.outcomes}, indent=1
         )
-        figure = confusion_figure(
-            f"{task.NAME} {result.variant} ({result.protocol}), outer test",
+        record.figures[f"confusion/{row_name}.png"] = confusion_figure(
+            f"{task.NAME} {result.variant} ({result.protocol}), outer test, pooled",
             result.confusion,
             task.CLASSES,
         )
-        client.log_figure(parent_run_id, figure, f"confusion/{row_name}.png")
-        plt.close(figure)
         if result.left_out:
             lines = "\n".join(f"{clip}: {reason}" for clip, reason in result.left_out)
-            client.log_text(parent_run_id, lines + "\n", f"left_out/{result.variant}.txt")
+            record.texts[f"left_out/{result.variant}.txt"] = lines + "\n"
         for outcome in result.outcomes:
-            _log_optuna_plots(client, outcome, parent_run_id)
-    return table
+            for name, figure in optuna_figures(outcome).items():
+                record.figures[f"optuna/{outcome.plan_name}-{name}.png"] = figure
+    return record
 
 
-def log_study_runs(client: MlflowClient, result: VariantResult, parent_run_id: str) -> None:
-    """A nested run per trial (its validation history) and per final model (its test score).
-
-    Written from the driver after each study: workers never need the tracking server.
-    """
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    base_tags = {
-        "mlflow.parentRunId": parent_run_id,
-        "task": result.task,
-        "variant": result.variant,
-        "protocol": result.protocol,
-        "selection": result.selection,
-    }
-    for outcome in result.outcomes:
-        fold_tags = {**base_tags, "fold": str(outcome.fold)}
-        for trial in outcome.trials:
-            run = client.create_run(
-                experiment_id,
-                run_name=f"{outcome.plan_name} trial {trial.trial_id}",
-                tags={**fold_tags, "kind": "trial", "trial_id": trial.trial_id},
-            )
-            metrics = [
-                Metric(key, value, _now(), int(epoch.get("training_iteration", i + 1)))
-                for i, epoch in enumerate(trial.history)
-                for key, value in epoch.items()
-                if key.startswith(("val_", "train_")) and np.isfinite(value)
-            ]
-            params = [Param(k, str(v)[:6000]) for k, v in sorted(trial.config.items())]
-            _log_batched(client, run.info.run_id, metrics, params)
-            if trial.error:
-                client.set_tag(run.info.run_id, "error", trial.error[:5000])
-            client.set_terminated(run.info.run_id, "FAILED" if trial.error else "FINISHED")
-        for final in outcome.finals:
-            run = client.create_run(
-                experiment_id,
-                run_name=f"{outcome.plan_name} final seed {final.seed}",
-                tags={**fold_tags, "kind": "final", "seed": str(final.seed)},
-            )
-            params = [Param(k, str(v)) for k, v in sorted(outcome.chosen_config.items())]
-            metrics = [Metric(f"test_{k}", v, _now(), 0) for k, v in final.metrics.items()]
-            metrics += [Metric(k, v, _now(), 0) for k, v in outcome.validation.items()]
-            _log_batched(client, run.info.run_id, metrics, params)
-            client.log_dict(run.info.run_id, {"confusion": final.confusion}, "confusion.json")
-            client.set_terminated(run.info.run_id, "FINISHED")
-
-
-def _log_batched(
-    client: MlflowClient, run_id: str, metrics: list[Metric], params: list[Param]
-) -> None:
-    """``log_batch`` within MLflow's limits (1000 metrics, 100 params a request)."""
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start : start + 100])
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
-def _log_optuna_plots(client: MlflowClient, outcome: StudyOutcome, parent_run_id: str) -> None:
-    """Optuna's optimisation history and parameter importances of one outer fold's study."""
-    completed = [t for t in outcome.optuna_trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        return
-    study = optuna.create_study(direction="maximize", study_name=outcome.plan_name)
-    study.add_trials(outcome.optuna_trials)
-    plots = {"history": optuna.visualization.plot_optimization_history}
-    if len(completed) > 1 and study.best_trial.params:
-        plots["importance"] = optuna.visualization.plot_param_importances
-    for name, plot in plots.items():
-        try:
-            figure = plot(study)
-        except (ValueError, RuntimeError) as error:  # e.g. importances need ≥2 varied params
-            client.log_text(
-                parent_run_id,
-                f"{name}: not drawn ({error})\n",
-                f"optuna/{outcome.plan_name}-{name}.txt",
-            )
+def best_model_records(context: SweepContext, results: list[VariantResult]) -> list[RunRecord]:
+    """Per variant, the final model of the fold whose chosen trial validated best (first seed),
+    logged with MLflow's flavour into that final model's run; chosen on validation, not test."""
+    records = []
+    by_variant: dict[str, list[VariantResult]] = {}
+    for result in results:
+        by_variant.setdefault(result.variant, []).append(result)
+    for variant, rows in by_variant.items():
+        rows = sorted(rows, key=lambda r: r.protocol not in ACTOR_PROTOCOLS)
+        candidates = [
+            (outcome.validation.get("val_uar", -1.0), outcome, final)
+            for outcome in rows[0].outcomes
+            for final in outcome.finals[:1]
+            if final.model_path
+        ]
+        if not candidates:
             continue
-        client.log_text(
-            parent_run_id,
-            figure.to_html(include_plotlyjs="cdn"),
-            f"optuna/{outcome.plan_name}-{name}.html",
+        _, outcome, final = max(candidates, key=lambda item: item[0])
+        try:
+            exported = read_exported(final.model_path, context.storage_options)
+        except (OSError, EOFError, ValueError) as error:
+            print(f"orchestrate: best {variant} model not logged: {error}")
+            continue
+        records.append(
+            RunRecord(
+                key=f"{context.sweep_dir}|{outcome.plan_name}|final|{final.seed}",
+                name=f"{outcome.plan_name} final seed {final.seed}",
+                tags={"best_model": "true", "model_description": exported.description},
+                models=[
+                    ModelRef(
+                        "model",
+                        exported.flavour,
+                        exported.model,
+                        exported.inputs,
+                        exported.description,
+                    )
+                ],
+                status="FINISHED",
+            )
         )
+    return records
+
+
+def summary_record(context: SweepContext, tables: dict[str, pd.DataFrame]) -> RunRecord:
+    """A run holding the cross-paper summary table of the sweep."""
+    summary = summary_table(tables)
+    record = RunRecord(
+        key=context.summary_key(),
+        name="summary: every paper",
+        tags={
+            **context.provenance,
+            "kind": "summary",
+            "dataset": context.dataset,
+            "sweep_dir": context.sweep_dir,
+        },
+        texts={
+            "ablation/summary.md": summary_markdown(summary),
+            "ablation/summary.html": table_html("every paper", summary, summary=True),
+        },
+        tables={"ablation/summary.json": summary},
+        status="FINISHED",
+    )
+    for row in summary.to_dict("records"):
+        record.metric(f"{row['task']}.{row['variant']}.{row['protocol']}.uar", row["uar"])
+    return record
+
+
+def close_figures(records: list[RunRecord]) -> None:
+    for record in records:
+        for figure in record.figures.values():
+            plt.close(figure)

@@ -30,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -149,6 +150,12 @@ class VariantResult:
     outcomes: list[StudyOutcome] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None  # set when the row could not be swept
+    modality: str = ""  # "audio", "video" or "fused": what the variant's columns come from
+    # Provenance for tracking: feature cache keys (column -> store directory), the clips
+    # swept (clip_id, actor, label) and the manifest they are listed in.
+    cache_keys: dict[str, str] = field(default_factory=dict)
+    clips: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+    manifest_uri: str = ""
 
     @property
     def finals(self) -> list[FinalModel]:
@@ -384,6 +391,17 @@ def protocols_for(config: RunConfig, task: ModuleType, variant: str) -> list[tup
     return list(resolved.items())
 
 
+def variant_modality(config: RunConfig, task: ModuleType, variant: str) -> str:
+    """``fused`` when a variant reads audio and video extractors, else the one it reads."""
+    from orchestrate.extractors import EXTRACTORS
+
+    modalities = {
+        getattr(EXTRACTORS.get(column.split(".", 1)[0]), "modality", "video")
+        for column in task.VARIANTS[variant]
+    }
+    return "fused" if len(modalities) > 1 else modalities.pop()
+
+
 def searched_knobs(
     space: SearchSpace, task: ModuleType, variant: str, overrides: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
@@ -423,14 +441,27 @@ def plan_task(
         ]
         plan.rows.extend(rows)
         try:
-            features, left_out = feature_source(config, task, variant).load()
+            source = feature_source(config, task, variant)
+            for row in rows:
+                row.modality = variant_modality(config, task, variant)
+                row.cache_keys = {name: key.directory for name, key in source.keys.items()}
+                row.manifest_uri = source.manifest_uri
+            features, left_out = source.load()
             if len(features) == 0:
                 raise ValueError("no clip has the features it needs in the store")
             reference = [ray.put(features)]
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:
             for row in rows:
                 row.error = _one_line(error)
             continue
+        clips = [
+            (clip_id, str(actor), task.CLASSES[label])
+            for clip_id, actor, label in zip(
+                features.clip_ids, features.actors, features.labels, strict=True
+            )
+        ]
+        for row in rows:
+            row.clips = clips
         base = task_config(config, task, variant, overrides)
         searched = searched_knobs(space, task, variant, overrides)
         for row in rows:
@@ -499,12 +530,19 @@ def study_plans(
 
 
 def run_studies(
-    config: RunConfig, plan: SweepPlan, resume: bool, progress: bool = True
+    config: RunConfig,
+    plan: SweepPlan,
+    resume: bool,
+    progress: bool = True,
+    on_study: Callable[[VariantResult, StudyOutcome], None] | None = None,
 ) -> list[VariantResult]:
     """Run every planned study, at most ``max_concurrent_studies`` at once; then its finals.
 
     A study that finished before (its outcome is stored) is not run again when resuming. A
     study that fails marks its row with the one-line reason; the other rows go on.
+    ``on_study(row, outcome)`` is called as each study's final models are in (tracking
+    spools its runs then, so a driver killed later loses none of them). The first seed's
+    final model of every study is exported beside the study's results.
     """
     limit = config.sweep.max_concurrent_studies or max(
         1, int(ray.cluster_resources().get("CPU", 1) // config.sweep.cpus_per_trial)
@@ -553,6 +591,10 @@ def run_studies(
                     study.test_ids,
                     study.fold,
                     seed,
+                    f"{study.sweep_dir}/{study.name}.seed{seed}.model.pkl"
+                    if seed == seeds[0]
+                    else "",
+                    study.storage_options,
                 )
                 for seed in seeds
             ]
@@ -565,6 +607,8 @@ def run_studies(
             except ray.exceptions.RayTaskError as error:
                 row.error = row.error or f"{study.name}: final model: {_one_line(error)}"
                 continue
+            if on_study is not None:
+                on_study(row, outcome)
             _store_outcome(study, outcome)
             row.outcomes.append(outcome)
             done += 1

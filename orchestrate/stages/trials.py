@@ -14,7 +14,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,6 +44,9 @@ class FinalModel:
     confusion: list[list[int]]
     epochs: int
     train_seconds: float
+    # Per epoch: training loss and the test metrics (logged, never used to choose anything).
+    history: list[dict[str, float]] = field(default_factory=list)
+    model_path: str = ""  # the exported model (first seed only), beside the study's results
 
 
 # --- a trial: train on the inner split, report validation only ----------------------------
@@ -147,22 +150,65 @@ def retrain_and_test(
     test_ids: ClipIds,
     fold: int,
     seed: int,
+    export_to: str = "",
+    storage_options: dict[str, str] | None = None,
 ) -> FinalModel:
-    """Train ``config`` on the whole outer training split; score it once on the test fold."""
+    """Train ``config`` on the whole outer training split; score it once on the test fold.
+
+    The test metrics of every epoch are recorded for the final model's MLflow run; only the
+    last epoch's (``config["epochs"]``, fixed by the study) are the result. With
+    ``export_to`` (a path or ``s3://`` URI) the trained model is pickled there as the
+    trainer's ``export`` of a few test clips.
+    """
     task = TASKS[task_name]
     clips = features if isinstance(features, FeatureSet) else ray.get(features[0])
     train, test = clips.by_ids(train_ids), clips.by_ids(test_ids)
     started = time.perf_counter()
     trainer = task.make_trainer(config, variant, train, seed)
-    for _ in range(int(config["epochs"])):
-        trainer.fit_epoch()
+    n_classes = len(task.CLASSES)
+    history = []
+    for epoch in range(1, int(config["epochs"]) + 1):
+        fitted = trainer.fit_epoch()
+        final: Metrics = evaluate(test.labels, trainer.predict_proba(test), n_classes)
+        history.append(
+            {
+                "epoch": float(epoch),
+                "train_loss": float(fitted.get("train_loss", math.nan)),
+                **{f"test_{name}": value for name, value in final.as_dict().items()},
+            }
+        )
     seconds = time.perf_counter() - started
-    scored: Metrics = evaluate(test.labels, trainer.predict_proba(test), len(task.CLASSES))
+    model_path = ""
+    if export_to:
+        exported = trainer.export(test.subset(range(min(8, len(test)))))
+        if exported is not None:
+            model_path = _write_bytes(export_to, pickle.dumps(exported), storage_options or {})
     return FinalModel(
         fold=fold,
         seed=seed,
-        metrics=scored.as_dict(),
-        confusion=scored.confusion.tolist(),
+        metrics=final.as_dict(),
+        confusion=final.confusion.tolist(),
         epochs=int(config["epochs"]),
         train_seconds=seconds,
+        history=history,
+        model_path=model_path,
     )
+
+
+def _write_bytes(uri: str, data: bytes, storage_options: dict[str, str]) -> str:
+    from orchestrate.datasets.filesystem import resolve_filesystem
+
+    fs, path = resolve_filesystem(uri, storage_options)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+    return uri
+
+
+def read_exported(uri: str, storage_options: dict[str, str]) -> Any:
+    """The ``ExportedModel`` that ``retrain_and_test`` wrote to ``uri``."""
+    from orchestrate.datasets.filesystem import resolve_filesystem
+
+    fs, path = resolve_filesystem(uri, storage_options)
+    with fs.open_input_stream(path) as stream:
+        return pickle.loads(stream.read())
