@@ -188,7 +188,7 @@ def _sweep_and_report(config: RunConfig, tracking, quiet: bool, resume: bool = F
     if not tracking.pending():
         write_report(tracking, out)
         print(f"\nHTML report: {out}")
-    print(_mlflow_ui_hint(config))
+    print(_mlflow_ui_hint(config, tracking))
     return 0
 
 
@@ -325,15 +325,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mlflow_ui_hint(config: RunConfig) -> str:
+def _mlflow_ui_hint(config: RunConfig, tracking) -> str:
+    """How to open the MLflow UI on the experiment's training runs (not its GenAI pages)."""
+    page = f"#/experiments/{tracking.experiment_id()}/runs?workflowType=machine_learning"
     if config.tracking_uri.startswith("sqlite:"):
         return (
             "\nOpen the MLflow UI on this workspace with:\n"
             f"  mlflow ui --backend-store-uri {config.tracking_uri} "
             f"--default-artifact-root {config.artifact_location} --port 5000\n"
-            "then browse http://127.0.0.1:5000"
+            f"then browse http://127.0.0.1:5000/{page}"
         )
-    return f"\nMLflow runs are at {config.tracking_uri} (experiment {config.tracking.experiment})"
+    return f"\nMLflow runs: {config.tracking_uri.rstrip('/')}/{page}"
 
 
 if __name__ == "__main__":

@@ -455,7 +455,7 @@ def predict_example(flavour: str, model: Any, inputs: Any) -> Any:
 
 def provenance() -> dict[str, str]:
     """Tags saying what produced a run: git commit and dirtiness, versions, the Ray job."""
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = {"mlflow.source.name": "orchestrate", "mlflow.source.type": "JOB"}
     commit, dirty = git_state()
     tags["git.commit"] = commit
     tags["git.dirty"] = dirty

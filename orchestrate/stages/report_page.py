@@ -90,9 +90,11 @@ def read_sweep(tracking: Tracker, sweep_dir: str | None = None) -> SweepReport:
                 report.config = Path(
                     client.download_artifacts(run.info.run_id, "config.yaml", scratch)
                 ).read_text()
-            pngs = sorted(path for path in artifacts if path.endswith(".png"))
-            first = [p for p in pngs if p.startswith("ablation/")]
-            ordered = first + [p for p in pngs if p not in first]
+            # The ablation chart first, then the recall chart, confusion matrices, Optuna plots.
+            ordered = sorted(
+                (path for path in artifacts if path.endswith(".png")),
+                key=lambda p: (p != f"ablation/{task}.png", not p.startswith("ablation/"), p),
+            )
             report.images[task] = [
                 (path, Path(client.download_artifacts(run.info.run_id, path, scratch)).read_bytes())
                 for path in ordered
