@@ -67,6 +67,18 @@ HTTP_DEFAULTS = {
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST"}
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a server that is down, restarting or overloaded raises through MLflow's client."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.exceptions.RequestException, OSError, ParentMissing)
+
+
+class ParentMissing(RuntimeError):
+    """A nested run's parent is not on the server yet (its own record is still spooled)."""
+
+
 class TrackingUnavailable(ValueError):
     """The tracking URI cannot be reached or written before any work starts (one line)."""
 
@@ -206,7 +218,9 @@ class Tracker:
         for folder in self.pending():
             try:
                 self._send(folder)
-            except Exception as error:  # noqa: BLE001 - sorted below: permanent or not
+            except Exception as error:
+                if not isinstance(error, _transient_errors()):
+                    raise  # a bug, not an outage: keep its traceback
                 code = getattr(error, "error_code", "")
                 if code in PERMANENT_ERRORS:
                     self._reject(folder, error)
@@ -319,7 +333,7 @@ class Tracker:
         if run_id is None:
             parent = self.run_id(data["parent"]) if data["parent"] else None
             if data["parent"] and parent is None:
-                raise RuntimeError(f"the parent run {data['parent']} of {data['name']} is missing")
+                raise ParentMissing(f"the parent run of {data['name']} is not logged yet")
             tags = {"orchestrate.key": data["key"], **data["tags"]}
             if parent:
                 tags["mlflow.parentRunId"] = parent
