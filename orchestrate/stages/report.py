@@ -86,6 +86,7 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
         row["paper_value"] = paper[0].value if paper else float("nan")
         ours = row.get(row["paper_metric"], float("nan")) if paper else float("nan")
         row["difference"] = _rounded(ours - paper[0].value) if paper else float("nan")
+        row["note"] = result.note
         row["clips_left_out"] = len(result.left_out)
         row["error"] = result.error or ""
         rows.append(row)
@@ -157,8 +158,9 @@ def _row_cells(row: dict) -> list[str]:
             *(_cell(row, m) for m in METRICS),
             f"{validation:.3f}" if np.isfinite(validation) else "—",
         ]
+    variant = row["variant"] + (f" ({row['note']})" if row.get("note") else "")
     return [
-        row["variant"],
+        variant,
         row.get("modality", ""),
         protocol_label(row),
         row["selection"],

@@ -156,6 +156,7 @@ class VariantResult:
     cache_keys: dict[str, str] = field(default_factory=dict)
     clips: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
     manifest_uri: str = ""
+    note: str = ""  # e.g. which network of the row's features ran on random weights
 
     @property
     def finals(self) -> list[FinalModel]:
@@ -391,6 +392,20 @@ def protocols_for(config: RunConfig, task: ModuleType, variant: str) -> list[tup
     return list(resolved.items())
 
 
+def random_weights_note(config: RunConfig, keys: dict[str, Any]) -> str:
+    """Names the extractors of a row whose network ran on random weights (none: "")."""
+    from orchestrate.extractors import EXTRACTORS, build_extractor
+
+    random = []
+    for name in keys:
+        if name not in EXTRACTORS:
+            continue
+        params = build_extractor(name, config.ingest.extractors.get(name, {})).params
+        if "random" in (params.get("model_path"), params.get("weights")):
+            random.append(name)
+    return f"random weights: {', '.join(random)}" if random else ""
+
+
 def variant_modality(config: RunConfig, task: ModuleType, variant: str) -> str:
     """``fused`` when a variant reads audio and video extractors, else the one it reads."""
     from orchestrate.extractors import EXTRACTORS
@@ -446,6 +461,7 @@ def plan_task(
                 row.modality = variant_modality(config, task, variant)
                 row.cache_keys = {name: key.directory for name, key in source.keys.items()}
                 row.manifest_uri = source.manifest_uri
+                row.note = random_weights_note(config, source.keys)
             features, left_out = source.load()
             if len(features) == 0:
                 raise ValueError("no clip has the features it needs in the store")
