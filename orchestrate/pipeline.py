@@ -18,6 +18,7 @@ from orchestrate.stages.report import (
     ablation_table,
     best_model_records,
     close_figures,
+    fusion_verdict,
     parent_close_record,
     parent_open_record,
     study_records,
@@ -172,6 +173,9 @@ def print_tables(tables: dict[str, pd.DataFrame]) -> None:
     for name, table in tables.items():
         print(f"\n## {name}\n")
         print(table_markdown(table))
+    verdicts = [line for name, table in tables.items() if (line := fusion_verdict(name, table))]
+    if verdicts:
+        print("\n".join(["Does fusion win? (outer-test UAR, speaker-independent)", *verdicts]))
 
 
 def _weights_note(params: dict) -> str:

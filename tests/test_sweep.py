@@ -324,3 +324,34 @@ def test_the_table_reports_outer_test_numbers_with_their_protocol() -> None:
     assert "actor-kfold (speaker-independent, 2 folds x 2 seeds)" in markdown
     assert "random-80-20 (paper's, speaker-dependent, 1 folds x 1 seeds)" in markdown
     assert "0.450 ± " in markdown and "0.700 (n=1)" in markdown
+
+
+def test_the_fusion_verdict_reads_the_table() -> None:
+    from orchestrate.stages.report import ablation_table, fusion_verdict
+    from orchestrate.stages.trials import FinalModel
+
+    def row(variant: str, fold_uars: list[float], protocol: str = "actor-kfold") -> VariantResult:
+        result = VariantResult("emodal", variant, protocol, "nested", False, 4)
+        for fold, uar in enumerate(fold_uars):
+            final = FinalModel(fold, 0, {"accuracy": uar, "uar": uar, "macro_f1": uar}, [[1]], 1, 0)
+            result.outcomes.append(
+                StudyOutcome(f"{variant}-fold{fold}", fold, [], "t", {}, {}, [final])
+            )
+        return result
+
+    rows = [row("audio", [0.40, 0.50, 0.30]), row("video", [0.30, 0.40, 0.45]),
+            row("fused", [0.52, 0.62, 0.40])]  # fmt: skip
+    line = fusion_verdict("emodal", ablation_table(emodal, rows))
+    assert line == (
+        "emodal: fused beats audio by +0.11 and video by +0.13 UAR (actor-kfold), in 2 of 3 folds"
+    )
+    losing = [rows[0], rows[1], row("fused", [0.30, 0.40, 0.40])]
+    line = fusion_verdict("emodal", ablation_table(emodal, losing))
+    assert line.startswith("emodal: fused does not beat both: audio 0.40, video 0.38, fused 0.37")
+    assert line.endswith("fused above both in 0 of 3 folds")
+    # Only a speaker-dependent protocol, or no fused row: no verdict.
+    dependent = [row(v, [0.5], "random-80-20") for v in ("audio", "video", "fused")]
+    table = ablation_table(emodal, dependent)
+    table["speaker_independent"] = False
+    assert fusion_verdict("emodal", table) is None
+    assert fusion_verdict("emodal", ablation_table(emodal, rows[:2])) is None

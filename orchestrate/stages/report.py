@@ -87,6 +87,14 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
         ours = row.get(row["paper_metric"], float("nan")) if paper else float("nan")
         row["difference"] = _rounded(ours - paper[0].value) if paper else float("nan")
         row["note"] = result.note
+        # Per outer fold, the mean test UAR over seeds: for paired comparisons of rows.
+        row["fold_uar"] = json.dumps(
+            [
+                _rounded(float(np.mean([f.metrics["uar"] for f in outcome.finals])))
+                for outcome in result.outcomes
+                if outcome.finals
+            ]
+        )
         row["clips_left_out"] = len(result.left_out)
         row["error"] = result.error or ""
         rows.append(row)
@@ -170,6 +178,39 @@ def _row_cells(row: dict) -> list[str]:
         row["paper_protocol"] or "—",
         _difference_cell(row),
     ]
+
+
+def fusion_verdict(task: str, table: pd.DataFrame) -> str | None:
+    """One line: does the fused row beat both unimodal rows (outer-test UAR, mean and per fold)?
+
+    Read under the first speaker-independent protocol of the table; None when the task has
+    no audio, video and fused rows swept there.
+    """
+    independent = table[table["speaker_independent"] & (table["n"] > 0)]
+    if independent.empty:
+        return None
+    protocol = independent["protocol"].iloc[0]
+    rows = {
+        row["variant"]: row
+        for row in independent[independent["protocol"] == protocol].to_dict("records")
+    }
+    if not {"audio", "video", "fused"} <= set(rows):
+        return None
+    fused, audio, video = (rows[v] for v in ("fused", "audio", "video"))
+    folds = [json.loads(rows[v]["fold_uar"]) for v in ("fused", "audio", "video")]
+    paired = list(zip(*folds, strict=False)) if len({len(f) for f in folds}) == 1 else []
+    wins = sum(1 for f, a, v in paired if f > a and f > v)
+    by_fold = f"in {wins} of {len(paired)} folds" if paired else "folds not comparable"
+    gain_audio, gain_video = fused["uar"] - audio["uar"], fused["uar"] - video["uar"]
+    if gain_audio > 0 and gain_video > 0:
+        return (
+            f"{task}: fused beats audio by {gain_audio:+.2f} and video by {gain_video:+.2f} "
+            f"UAR ({protocol}), {by_fold}"
+        )
+    return (
+        f"{task}: fused does not beat both: audio {audio['uar']:.2f}, video {video['uar']:.2f}, "
+        f"fused {fused['uar']:.2f} UAR ({protocol}); fused above both {by_fold}"
+    )
 
 
 def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
