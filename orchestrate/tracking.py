@@ -351,17 +351,21 @@ class Tracker:
             ),
         )
         params = [Param(k, str(v)[:6000]) for k, v in sorted(data["params"].items())]
-        for start in range(0, len(params), 100):
-            step(
-                f"params:{start}",
-                lambda s=start: client.log_batch(run_id, params=params[s : s + 100]),
-            )
         metrics = [Metric(k, v, ts, s) for k, v, ts, s in data["metrics"]]
-        for start in range(0, len(metrics), 1000):
-            step(
-                f"metrics:{start}",
-                lambda s=start: client.log_batch(run_id, metrics=metrics[s : s + 1000]),
-            )
+        if len(params) <= 100 and len(metrics) <= 900:  # one request, within MLflow's limits
+            if params or metrics:
+                step("batch", lambda: client.log_batch(run_id, params=params, metrics=metrics))
+        else:
+            for start in range(0, len(params), 100):
+                step(
+                    f"params:{start}",
+                    lambda s=start: client.log_batch(run_id, params=params[s : s + 100]),
+                )
+            for start in range(0, len(metrics), 1000):
+                step(
+                    f"metrics:{start}",
+                    lambda s=start: client.log_batch(run_id, metrics=metrics[s : s + 1000]),
+                )
         for index, spec in enumerate(data["inputs"]):
             frame = pd.read_parquet(folder / f"input-{index}.parquet")
             step(
