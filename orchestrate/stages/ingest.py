@@ -216,8 +216,9 @@ class TransientReadError(OSError):
     """
 
 
-# Ray retries a task whose worker died (default) and one that raised TransientReadError.
-RETRY_ARGS: dict[str, Any] = {"max_retries": 3, "retry_exceptions": [TransientReadError]}
+def retry_args() -> dict[str, Any]:
+    """Ray retries a task whose worker died (by default) and one that raised TransientReadError."""
+    return {"max_retries": 3, "retry_exceptions": [TransientReadError]}
 
 
 def _identify_clips(clips: list[Clip], config: RunConfig, store: FeatureStore) -> list[dict]:
@@ -317,15 +318,22 @@ def _extract(
     )
     # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
     blocks = max(1, min(len(work), 4 * _cluster_cpus()))
-    dataset = ray.data.from_items(work, override_num_blocks=blocks).map(extract_clip, **RETRY_ARGS)
+    dataset = ray.data.from_items(work, override_num_blocks=blocks)
     networks = [e for e in extractors if e.make_embedder() is not None]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if networks and not gpus:
+        # Fused into the actor pool below (remote args on the map would keep it apart, and
+        # its tasks would wait for CPUs the actors hold): actor tasks are retried through
+        # DataContext.actor_task_retry_on_errors instead.
+        dataset = dataset.map(extract_clip)
+    else:
+        dataset = dataset.map(extract_clip, ray_remote_args_fn=retry_args)
     if networks:
         # One actor pool runs every network, each loaded once per actor, and writes the
         # block's rows. On a CPU cluster the pool has one actor per CPU and Ray Data fuses
         # the per-clip map into it (each actor reads, decodes, extracts, embeds and
         # writes); with GPUs it has one actor per GPU and the per-clip map stays in CPU
         # tasks that feed it.
-        gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = config.ingest.embed_workers or gpus or _cluster_cpus()
         dataset = dataset.map_batches(
             EmbedClips,
@@ -339,7 +347,7 @@ def _extract(
             num_gpus=1 if gpus else 0,
         )
     else:
-        dataset = dataset.map_batches(writer, batch_format="pandas", **RETRY_ARGS)
+        dataset = dataset.map_batches(writer, batch_format="pandas", ray_remote_args_fn=retry_args)
     # Streamed: each block is written as it finishes; only clip outcomes come back.
     outcomes: dict[str, tuple[str, bool]] = {}
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
