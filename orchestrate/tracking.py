@@ -485,7 +485,7 @@ def provenance() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     tags["version.python"] = sys.version.split()[0]
-    submission = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("ORCHESTRATE_JOB_ID")
+    submission = os.environ.get("ORCHESTRATE_JOB_ID") or _ray_submission_id()
     if submission:
         tags["ray.submission_id"] = submission
     try:
@@ -496,6 +496,15 @@ def provenance() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - provenance is best effort
         pass
     return tags
+
+
+def _ray_submission_id() -> str:
+    """The Ray job's submission id, from the job config Ray gives every job driver."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except json.JSONDecodeError:
+        return ""
+    return str((job.get("metadata") or {}).get("job_submission_id", ""))
 
 
 def git_state() -> tuple[str, str]:

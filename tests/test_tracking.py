@@ -128,3 +128,22 @@ def test_compare_marks_what_differs(tmp_path: Path) -> None:
     lines = {line[2:].split()[0]: line for line in table.splitlines() if line[2:].strip()}
     assert lines["lr"].startswith("*") and "0.01" in lines["lr"] and "0.001" in lines["lr"]
     assert lines["epochs"].startswith(" ") and lines["test_uar"].startswith(" ")
+
+
+def test_a_report_reads_back_a_table_with_a_row_that_was_not_swept(tmp_path: Path) -> None:
+    """NaN cells come back from log_table's JSON as null; the report still renders them."""
+    from orchestrate.stages.report import ablation_table
+    from orchestrate.stages.report_page import read_sweep, report_html
+    from orchestrate.stages.sweep import VariantResult
+    from tasks import emodal
+
+    row = VariantResult("emodal", "audio", "actor-kfold", "nested", False, 4, error="no clips")
+    table = ablation_table(emodal, [row])
+    tracking = sqlite_tracker(tmp_path)
+    tracking.log(RunRecord(key="s|emodal", name="emodal sweep",
+                           tags={"kind": "sweep", "task": "emodal", "sweep_dir": "s"},
+                           tables={"ablation/emodal.json": table}, status="FINISHED"))  # fmt: skip
+    report = read_sweep(tracking)
+    assert report.tables["emodal"]["uar"].isna().all()
+    page = report_html(report)
+    assert "not swept: no clips" in page and "<table class='ablation'>" in page

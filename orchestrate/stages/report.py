@@ -101,6 +101,11 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def _finite(value: object) -> bool:
+    """A real number, not NaN or inf (a table read back from JSON has None for NaN)."""
+    return isinstance(value, int | float) and bool(np.isfinite(value))
+
+
 def _rounded(value: float) -> float:
     return round(value, 4) if np.isfinite(value) else float("nan")
 
@@ -112,9 +117,9 @@ def _plain(config: dict) -> dict:
 
 def _cell(row: dict, metric: str) -> str:
     mean, std = row[metric], row[f"{metric}_std"]
-    if not np.isfinite(mean):
+    if not _finite(mean):
         return "—"
-    if not np.isfinite(std):
+    if not _finite(std):
         return f"{mean:.3f} (n=1)"
     low, high = row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
     return f"{mean:.3f} ± {std:.3f} [{low:.2f}, {high:.2f}]"
@@ -132,7 +137,7 @@ def _paper_cell(row: dict) -> str:
 
 def _difference_cell(row: dict) -> str:
     difference = row["difference"]
-    if not np.isfinite(difference):
+    if not _finite(difference):
         return "—"
     return f"{difference:+.3f} ({METRIC_NAMES.get(row['paper_metric'], row['paper_metric'])})"
 
@@ -164,7 +169,7 @@ def _row_cells(row: dict) -> list[str]:
         validation = row["validation_uar"]
         ours = [
             *(_cell(row, m) for m in METRICS),
-            f"{validation:.3f}" if np.isfinite(validation) else "—",
+            f"{validation:.3f}" if _finite(validation) else "—",
         ]
     variant = row["variant"] + (f" ({row['note']})" if row.get("note") else "")
     return [
@@ -271,9 +276,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def _short(mean: float, std: float) -> str:
-    if not np.isfinite(mean):
+    if not _finite(mean):
         return "—"
-    return f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f} (n=1)"
+    return f"{mean:.3f} ± {std:.3f}" if _finite(std) else f"{mean:.3f} (n=1)"
 
 
 TABLE_CSS = """
@@ -388,7 +393,8 @@ def ablation_figure(task_name: str, table: pd.DataFrame) -> plt.Figure:
         axis.set_xticks(positions, labels, fontsize=7)
         axis.set_ylim(0, 1)
         axis.set_title(f"test {METRIC_NAMES[metric]}")
-        axis.legend(loc="upper right", fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper right", fontsize=7)
     axes[0].set_ylabel("outer test (blue: speaker-independent)")
     figure.suptitle(f"{task_name}: ablation, outer-test mean ± std over folds x seeds")
     figure.tight_layout()

@@ -26,6 +26,8 @@ from orchestrate.stages.report import (
 )
 from orchestrate.tracking import Tracker
 
+NUMERIC_COLUMNS = {"accuracy", "uar", "macro_f1", "validation_uar", "chance_uar", "paper_value",
+                   "difference", "n", "folds", "seeds", "trials"}  # fmt: skip
 # Provenance tags shown in the report, in this order (then every version.* tag).
 PROVENANCE_TAGS = ("git.commit", "git.dirty", "ray.job_id", "ray.submission_id", "dataset")
 
@@ -112,7 +114,11 @@ def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
 def _read_logged_table(path: Path) -> pd.DataFrame:
     """A table ``MlflowClient.log_table`` wrote (``{"columns": [...], "data": [...]}``)."""
     data = json.loads(path.read_text())
-    return pd.DataFrame(data["data"], columns=data["columns"])
+    table = pd.DataFrame(data["data"], columns=data["columns"])
+    for column in table.columns:  # NaN was written as null: numbers again, NaN where missing
+        if column in NUMERIC_COLUMNS or column.endswith(("_std", "_ci95_low", "_ci95_high")):
+            table[column] = pd.to_numeric(table[column], errors="coerce")
+    return table
 
 
 def report_html(report: SweepReport) -> str:
