@@ -579,8 +579,9 @@ def study_records(
             for key, value in epoch.items():
                 if key != "epoch":
                     record.metric(key, value, int(epoch["epoch"]))
-        for key, value in final.metrics.items():
-            record.metric(f"test_{key}", value, final.epochs)
+        if not final.history:  # an outcome stored before per-epoch test metrics existed
+            for key, value in final.metrics.items():
+                record.metric(f"test_{key}", value, final.epochs)
         for key, value in outcome.validation.items():
             if key.startswith("val_"):
                 record.metric(f"chosen_{key}", value)
