@@ -54,7 +54,7 @@ def test_the_plain_command_is_a_ray_job_submit_of_the_same_run(tmp_path: Path) -
 @pytest.mark.slow
 def test_submit_runs_orchestrate_on_the_cluster(ray_head: RayHead, tmp_path: Path) -> None:
     corpus, workspace = tmp_path / "corpus", tmp_path / "ws"
-    synthesize_corpus(corpus, actors=3, clips_per_emotion=1, seed=0, progress=False)
+    synthesize_corpus(corpus, actors=4, clips_per_emotion=1, seed=0, progress=False)
     config = tmp_path / "run.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -78,10 +78,10 @@ def test_submit_runs_orchestrate_on_the_cluster(ray_head: RayHead, tmp_path: Pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "ray job submit --address" in done.stderr and "SUCCEEDED" in done.stderr
-    assert "ingest ravdess: 24 clips, 24 computed" in done.stdout  # the job's streamed logs
-    assert "| audio | audio | actor-kfold" in done.stdout
+    assert "ingest ravdess: 32 clips, 32 computed" in done.stdout  # the job's streamed logs
+    assert "| audio | audio | actor-kfold" in done.stdout and "not swept" not in done.stdout
     rows = pds.dataset(workspace / "store" / "features" / "emodal_audio", format="parquet")
-    assert rows.count_rows() == 24
+    assert rows.count_rows() == 32
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("orchestrate")
     runs = client.search_runs([experiment.experiment_id])

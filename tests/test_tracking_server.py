@@ -35,6 +35,8 @@ from orchestrate.corpus import synthesize_corpus
 from orchestrate.pipeline import check_tracking, ingest, sweep
 from orchestrate.tracking import EXPERIMENT_KIND, Tracker
 
+pytestmark = pytest.mark.slow  # one ~4-minute sweep shared by the module
+
 VARIANTS = ("audio", "video", "fused")
 FOLDS, NUM_SAMPLES = 2, 2
 STUDIES = len(VARIANTS) * FOLDS
