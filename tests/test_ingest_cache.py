@@ -95,8 +95,11 @@ def test_identity_check_reads_no_media_when_warm_and_rehashes_touched_clips(
     # does, until ingest.always_hash reads every clip.
     rewritten = wavs[1]
     stat = rewritten.stat()
-    data = bytearray(rewritten.read_bytes())
-    data[1000:3000] = bytes(reversed(data[1000:3000]))
+    original = rewritten.read_bytes()
+    middle = len(original) // 2  # speech, not the leading silence
+    data = bytearray(original)
+    data[middle : middle + 4000] = bytes(reversed(data[middle : middle + 4000]))
+    assert bytes(data) != original and len(data) == len(original)
     rewritten.write_bytes(bytes(data))
     os.utime(rewritten, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert ingest(config, progress=False).computed == 0
