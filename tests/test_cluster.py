@@ -250,4 +250,50 @@ def test_dockerfile_copies_the_packages_pyproject_installs() -> None:
     for package in ("orchestrate", "tasks", "search_spaces"):
         assert package in copied
     assert "['project']['dependencies']" in dockerfile
-    assert dockerfile.splitlines()[0].startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert dockerfile.splitlines()[0].startswith("#") and "FROM ${BASE_IMAGE}" in dockerfile
+
+
+def test_manifests_agree_with_the_code_and_the_pins() -> None:
+    """Entrypoints name real commands and flags; Ray version and image tag match the pin;
+    the RayCluster is the RayJob's cluster; the head advertises no CPUs; autoscaling is on."""
+    import re
+    import shlex
+
+    from orchestrate.cli import build_parser
+
+    pin = re.search(r"ray\[[^\]]*\]==([\d.]+)", (INFRA.parent / "pyproject.toml").read_text())[1]
+    documents = list(yaml.safe_load_all((INFRA / "kuberay-rayjob.yaml").read_text()))
+    job = next(d for d in documents if d and d["kind"] == "RayJob")
+    (cluster,) = [
+        d for d in yaml.safe_load_all((INFRA / "kuberay-raycluster.yaml").read_text()) if d
+    ]
+    assert cluster["kind"] == "RayCluster" and cluster["spec"] == job["spec"]["rayClusterSpec"]
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == pin and spec["enableInTreeAutoscaling"] is True
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
+    assert groups["gpu"]["minReplicas"] == 0 and groups["gpu"]["maxReplicas"] >= 1
+    gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == 1
+    for field in ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "backoffLimit",
+                  "activeDeadlineSeconds", "runtimeEnvYAML"):  # fmt: skip
+        assert field in job["spec"], field
+    assert isinstance(yaml.safe_load(job["spec"]["runtimeEnvYAML"]), dict)
+    assert job["spec"]["entrypointNumCpus"] >= 1  # the driver needs a worker's CPU
+
+    # The entrypoint parses with orchestrate's own CLI (real command, real flags).
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[0] == "orchestrate"
+    args, rest = build_parser().parse_known_args(argv[1:])
+    assert args.command.__name__ == "cmd_run" and not rest
+
+    # The image: the official Ray image of the pinned version, Python 3.11.
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", dockerfile)[1]
+    assert base == f"rayproject/ray:{pin}-py311"
+    assert f"rayproject/ray:{pin}-py311-gpu" in dockerfile
+    cm = next(d for d in documents if d and d["kind"] == "ConfigMap")
+    example = (INFRA / "run-s3-mlflow.yaml").read_text()
+    assert yaml.safe_load(example) == yaml.safe_load(cm["data"]["run.yaml"])
+    config = load_config(INFRA / "run-s3-mlflow.yaml")
+    assert config.store_uri.startswith("s3://") and config.tracking_uri.startswith("http")
