@@ -6,8 +6,8 @@
 Generates a corpus, ingests the audio features of three papers (EMODal, Song MFCC, Mitseas),
 then **moves the corpus away** and runs a nested sweep of those audio variants
 (speaker-independent protocol, a study per outer fold; Mitseas' all-actors SVM, as its
-base-actor SVM needs more clips per actor than a small corpus has). Any media decode during the sweep
-would fail on the missing files; the sweep finishing proves the count is zero.
+base-actor SVM needs more clips per actor than a small corpus has). Any media decode during
+the sweep would fail on the missing files; the sweep finishing proves the count is zero.
 
 Reports, from one run:
 

@@ -12,8 +12,12 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrate.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:  # imported lazily at run time: `orchestrate --help` stays quick
+    from orchestrate.tracking import Tracker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +201,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _sweep_and_report(config, tracking, args.quiet, args.resume)
 
 
-def _sweep_and_report(config: RunConfig, tracking, quiet: bool, resume: bool = False) -> int:
+def _sweep_and_report(
+    config: RunConfig, tracking: Tracker, quiet: bool, resume: bool = False
+) -> int:
     """Sweep, print the tables, write the HTML report; say where to look."""
     from orchestrate.pipeline import print_tables, sweep
     from orchestrate.stages.report_page import write_report
@@ -387,7 +393,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mlflow_ui_hint(config: RunConfig, tracking) -> str:
+def _mlflow_ui_hint(config: RunConfig, tracking: Tracker) -> str:
     """How to open the MLflow UI on the experiment's training runs (not its GenAI pages)."""
     page = f"#/experiments/{tracking.experiment_id()}/runs?workflowType=machine_learning"
     if config.tracking_uri.startswith("sqlite:"):
