@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=helptext)
         _add_config_arguments(sub)
+        if name in ("ingest", "run"):
+            sub.add_argument(
+                "--retry-failed",
+                action="store_true",
+                help="recompute the clips whose stored rows are failed (ingest.retry_failed)",
+            )
         if name != "ingest":
             sub.add_argument(
                 "--resume",
@@ -155,6 +161,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, config_file: bool = T
 
 def _config(args: argparse.Namespace, base: Path | None = None) -> RunConfig:
     overrides = list(args.overrides)
+    if getattr(args, "retry_failed", False):
+        overrides.insert(0, "ingest.retry_failed=true")
     for flag, key in (
         ("workspace", "workspace"),
         ("address", "ray.address"),
