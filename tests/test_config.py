@@ -93,3 +93,12 @@ def test_cli_stops_on_config_error_before_any_work(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["orchestrate: config error: sweep.folds: must be at least 2"]
     assert not workspace.exists()  # nothing was started or written
+
+
+def test_retry_failed_flag_sets_the_ingest_option() -> None:
+    from orchestrate.cli import _config, build_parser
+
+    args, _ = build_parser().parse_known_args(["ingest", "--retry-failed", "dataset.root=/x"])
+    assert _config(args).ingest.retry_failed is True
+    args, _ = build_parser().parse_known_args(["ingest", "dataset.root=/x"])
+    assert _config(args).ingest.retry_failed is False
