@@ -142,20 +142,25 @@ def _difference_cell(row: dict) -> str:
     return f"{difference:+.3f} ({METRIC_NAMES.get(row['paper_metric'], row['paper_metric'])})"
 
 
+ABLATION_HEADER = (
+    "variant",
+    "modality",
+    "protocol",
+    "selection",
+    *(f"test {METRIC_NAMES[m]}" for m in METRICS),
+    "validation UAR",
+    "chance UAR",
+    "paper",
+    "paper protocol",
+    "ours − paper",
+)
+SUMMARY_HEADER = ("task", "variant", "modality", "protocol", "test UAR", "test accuracy",
+                  "chance", "paper", "ours − paper")  # fmt: skip
+
+
 def table_markdown(table: pd.DataFrame) -> str:
     """The ablation table as Markdown: outer-test mean ± std [95% interval], paper beside it."""
-    header = [
-        "variant",
-        "modality",
-        "protocol",
-        "selection",
-        *(f"test {METRIC_NAMES[m]}" for m in METRICS),
-        "validation UAR",
-        "chance UAR",
-        "paper",
-        "paper protocol",
-        "ours − paper",
-    ]
+    header = ABLATION_HEADER
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
         lines.append("| " + " | ".join(str(cell) for cell in _row_cells(row)) + " |")
@@ -246,33 +251,25 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    header = [
-        "task",
-        "variant",
-        "modality",
-        "protocol",
-        "test UAR",
-        "test accuracy",
-        "chance",
-        "paper",
-        "ours − paper",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     for row in summary.to_dict("records"):
-        speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
-        cells = [
-            row["task"],
-            row["variant"],
-            row["modality"],
-            f"{row['protocol']} ({speaker})",
-            _short(row["uar"], row["uar_std"]),
-            _short(row["accuracy"], row["accuracy_std"]),
-            f"{row['chance_uar']:.3f}",
-            row["paper"] or "—",
-            _difference_cell(row),
-        ]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        lines.append("| " + " | ".join(str(cell) for cell in _summary_cells(row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _summary_cells(row: dict) -> list[str]:
+    speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
+    return [
+        row["task"],
+        row["variant"],
+        row["modality"],
+        f"{row['protocol']} ({speaker})",
+        _short(row["uar"], row["uar_std"]),
+        _short(row["accuracy"], row["accuracy_std"]),
+        f"{row['chance_uar']:.3f}",
+        row["paper"] or "—",
+        _difference_cell(row),
+    ]
 
 
 def _short(mean: float, std: float) -> str:
@@ -294,50 +291,12 @@ td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 
 def table_html_fragment(table: pd.DataFrame, summary: bool = False) -> str:
     """The table as an HTML ``<table class="ablation">`` (speaker-dependent rows marked)."""
-    if summary:
-        header = [
-            "task",
-            "variant",
-            "modality",
-            "protocol",
-            "test UAR",
-            "test accuracy",
-            "chance",
-            "paper",
-            "ours − paper",
-        ]
-    else:
-        header = [
-            "variant",
-            "modality",
-            "protocol",
-            "selection",
-            *(f"test {METRIC_NAMES[m]} mean ± std [95%]" for m in METRICS),
-            "validation UAR",
-            "chance UAR",
-            "paper",
-            "paper protocol",
-            "ours − paper",
-        ]
+    header = SUMMARY_HEADER if summary else ABLATION_HEADER
     out = ["<table class='ablation'><tr>"]
     out += [f"<th>{html.escape(h)}</th>" for h in header]
     out.append("</tr>")
     for row in table.to_dict("records"):
-        if summary:
-            speaker = "speaker-independent" if row["speaker_independent"] else "speaker-dependent"
-            cells = [
-                row["task"],
-                row["variant"],
-                row["modality"],
-                f"{row['protocol']} ({speaker})",
-                _short(row["uar"], row["uar_std"]),
-                _short(row["accuracy"], row["accuracy_std"]),
-                f"{row['chance_uar']:.3f}",
-                row["paper"] or "—",
-                _difference_cell(row),
-            ]
-        else:
-            cells = _row_cells(row)
+        cells = _summary_cells(row) if summary else _row_cells(row)
         kind = "independent" if row["speaker_independent"] else "dependent"
         out.append(f"<tr class='{kind}'>")
         out += [f"<td class='num'>{html.escape(str(cell))}</td>" for cell in cells]
