@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import ray
 
+from orchestrate.cluster import ingest_paths, require_shared_paths, sweep_paths
 from orchestrate.config import RunConfig, dump_config
 from orchestrate.extractors import build_extractor
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
@@ -50,6 +51,7 @@ def start_ray(config: RunConfig) -> None:
 def ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     config.workspace_path.mkdir(parents=True, exist_ok=True)
     start_ray(config)
+    require_shared_paths(ingest_paths(config))  # on several nodes: s3:// or shared paths
     return run_ingest(config, progress=progress)
 
 
@@ -83,6 +85,7 @@ def sweep(
     """
     tracking = tracking or check_tracking(config)
     start_ray(config)
+    require_shared_paths(sweep_paths(config))
     sweep_dir = sweep_directory(config, resume)
     print(f"sweep results (Tune + Optuna journals): {sweep_dir}", file=sys.stderr, flush=True)
     context = SweepContext(

@@ -265,6 +265,22 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+# Peak resident memory, with headroom: a Ray worker that decodes a clip and runs the
+# extractors without networks, and one that also holds VGG16 and the FER CNN (BENCHMARKS.md
+# measured 2.2-2.7 GiB for the latter).
+CLIP_TASK_MEMORY = 1 << 30
+NETWORK_ACTOR_MEMORY = 3 << 30
+
+
+def _memory_request(need: int) -> int:
+    """Bytes of Ray's ``memory`` resource a task asks for: what it needs, but never more
+    than a CPU's share of the cluster's memory, so that a small machine still runs a task
+    per CPU."""
+    resources = ray.cluster_resources()
+    share = int(resources.get("memory", need) / max(1.0, resources.get("CPU", 1.0)))
+    return max(1, min(need, share))
+
+
 @dataclass(frozen=True)
 class StoreWrite:
     """What a block's writer needs: the store and, per extractor, its key and stored arrays."""
@@ -321,19 +337,24 @@ def _extract(
     dataset = ray.data.from_items(work, override_num_blocks=blocks)
     networks = [e for e in extractors if e.make_embedder() is not None]
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    # What one task or actor asks of the scheduler, so that it packs nodes by memory too.
+    clip_task = {"num_cpus": 1, "memory": _memory_request(CLIP_TASK_MEMORY)}
+    network_actor = {"num_cpus": 1, "memory": _memory_request(NETWORK_ACTOR_MEMORY)}
     if networks and not gpus:
-        # Fused into the actor pool below (remote args on the map would keep it apart, and
-        # its tasks would wait for CPUs the actors hold): actor tasks are retried through
+        # Fused into the actor pool below, so the map asks exactly what the actors ask
+        # (other remote args, a ray_remote_args_fn included, would keep it apart, and its
+        # tasks would wait for CPUs the actors hold): actor tasks are retried through
         # DataContext.actor_task_retry_on_errors instead.
-        dataset = dataset.map(extract_clip)
+        dataset = dataset.map(extract_clip, **network_actor)
     else:
-        dataset = dataset.map(extract_clip, ray_remote_args_fn=retry_args)
+        dataset = dataset.map(extract_clip, ray_remote_args_fn=retry_args, **clip_task)
     if networks:
         # One actor pool runs every network, each loaded once per actor, and writes the
-        # block's rows. On a CPU cluster the pool has one actor per CPU and Ray Data fuses
-        # the per-clip map into it (each actor reads, decodes, extracts, embeds and
-        # writes); with GPUs it has one actor per GPU and the per-clip map stays in CPU
-        # tasks that feed it.
+        # block's rows. On a CPU cluster the pool has up to one actor per CPU and Ray Data
+        # fuses the per-clip map into it (each actor reads, decodes, extracts, embeds and
+        # writes); with GPUs it has up to one actor per GPU and the per-clip map stays in
+        # CPU tasks that feed it. The pool starts at that size and autoscales between one
+        # actor and it (an actor lost with its node is restarted where there is room).
         workers = config.ingest.embed_workers or gpus or _cluster_cpus()
         dataset = dataset.map_batches(
             EmbedClips,
@@ -343,11 +364,14 @@ def _extract(
             },
             batch_size=config.ingest.embed_batch_size,
             batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
             num_gpus=1 if gpus else 0,
+            **network_actor,
         )
     else:
-        dataset = dataset.map_batches(writer, batch_format="pandas", ray_remote_args_fn=retry_args)
+        dataset = dataset.map_batches(
+            writer, batch_format="pandas", ray_remote_args_fn=retry_args, **clip_task
+        )
     # Streamed: each block is written as it finishes; only clip outcomes come back.
     outcomes: dict[str, tuple[str, bool]] = {}
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
