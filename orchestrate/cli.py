@@ -181,8 +181,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_to_workspace(config: RunConfig) -> None:
+    """Ray's, Ray Data's, Tune's and MLflow's logs (and Ray's C++ stderr) into the workspace.
+
+    The terminal keeps the bars and the lines meant for a person (``orchestrate.console``).
+    """
+    from orchestrate.console import native_stderr_to, route_logs, workspace_log
+
+    native_stderr_to(route_logs(workspace_log(config.workspace_path)))
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     config = _config(args)
+    _log_to_workspace(config)
     return _ingest(config, progress=not args.quiet)
 
 
@@ -205,6 +216,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrate.pipeline import check_tracking
 
     config = _config(args)
+    _log_to_workspace(config)
     tracking = check_tracking(config)
     return _sweep_and_report(config, tracking, args.quiet, args.resume)
 
@@ -229,6 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrate.pipeline import check_tracking
 
     config = _config(args)
+    _log_to_workspace(config)
     tracking = check_tracking(config)  # before any work: an unreachable server costs nothing
     status = _ingest(config, progress=not args.quiet)
     if status:
@@ -310,6 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resources.files("orchestrate.configs").joinpath("demo.yaml")
     ) as demo_file:
         config = _config(args, base=demo_file)
+    _log_to_workspace(config)
     tracking = check_tracking(config)
     _demo_fer_weights(config)
     corpus = config.workspace_path / "corpus"

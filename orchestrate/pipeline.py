@@ -12,6 +12,7 @@ import ray
 
 from orchestrate.cluster import ingest_paths, require_shared_paths, sweep_paths
 from orchestrate.config import RunConfig, dump_config
+from orchestrate.console import LOG_FORMAT, route_logs, say, workspace_log
 from orchestrate.extractors import build_extractor
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
 from orchestrate.stages.report import (
@@ -38,14 +39,20 @@ from tasks import TASKS
 
 
 def start_ray(config: RunConfig) -> None:
-    """Join the cluster at ray.address / RAY_ADDRESS, else start Ray on this machine."""
+    """Join the cluster at ray.address / RAY_ADDRESS, else start Ray on this machine.
+
+    Ray's own logs (and Ray Data's, Tune's, MLflow's) go to ``<workspace>/logs/ray.log``,
+    not the terminal (``orchestrate.console``); workers' output stays in Ray's log files.
+    """
+    route_logs(workspace_log(config.workspace_path))
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": False, "logging_format": LOG_FORMAT}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, **quiet)
 
 
 def ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
@@ -62,12 +69,14 @@ def tracker(config: RunConfig) -> Tracker:
         config.tracking.experiment,
         config.workspace_path / "mlflow-spool",
         artifact_location=config.artifact_location,
+        say=say,  # above the sweep's progress bar, on a terminal
     )
 
 
 def check_tracking(config: RunConfig) -> Tracker:
     """Reach the tracking server (and create the experiment) before any work starts."""
     config.workspace_path.mkdir(parents=True, exist_ok=True)
+    route_logs(workspace_log(config.workspace_path))  # MLflow's own lines (database set-up)
     tracking = tracker(config)
     tracking.check()
     return tracking

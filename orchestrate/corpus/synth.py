@@ -55,8 +55,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from orchestrate.console import progress_bar
 from orchestrate.corpus.faces import (
     FRAME_HEIGHT,
     FRAME_WIDTH,
@@ -461,7 +461,7 @@ def synthesize_corpus(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_workers = min(workers or _available_cores(), len(clips))
-    bar = tqdm(total=len(clips), desc="synth clips", unit="clip", disable=not progress)
+    bar = progress_bar(len(clips), "clips generated", "clip", enabled=progress)
     paths: list[Path] = []
     try:
         if n_workers == 1:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import re
 import threading
 import time
@@ -50,6 +49,7 @@ import pyarrow as pa
 import ray
 
 from orchestrate.config import RunConfig
+from orchestrate.console import progress_bar
 from orchestrate.datasets import list_clips
 from orchestrate.datasets.base import Clip
 from orchestrate.datasets.filesystem import (
@@ -143,12 +143,12 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     if config.dataset.root is None:
         raise ValueError("dataset.root: give the dataset's directory, s3:// prefix or table file")
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
+    # One bar of our own (clips ingested, orchestrate.console) instead of Ray Data's per
+    # operator bars, which on a pipe become a block of log lines every few seconds.
+    context.enable_progress_bars = False
     # UDF errors reach Ray as themselves, so that retry_exceptions can match them.
     context.raise_original_map_exception = True
     context.actor_task_retry_on_errors = [TransientReadError]
-    if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     store = FeatureStore(config.store_uri, config.storage_options)
     if config.dataset.name == "sfew-table":
@@ -194,7 +194,7 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
 
     computed = 0
     if work:
-        hashed = _extract(work, extractors, cached, config, store)
+        hashed = _extract(work, extractors, cached, config, store, progress)
         computed = sum(decoded for _, decoded in hashed.values())
         for row in clips:
             if row["clip_id"] in hashed:
@@ -315,6 +315,7 @@ def _extract(
     cached: dict[str, set[str]],
     config: RunConfig,
     store: FeatureStore,
+    progress: bool = True,
 ) -> dict[str, tuple[str, bool]]:
     """Run the work through one streamed Ray Data pass; clip id -> (content hash, decoded)."""
     face_detect_width = config.ingest.face_detect_width
@@ -374,11 +375,13 @@ def _extract(
         )
     # Streamed: each block is written as it finishes; only clip outcomes come back.
     outcomes: dict[str, tuple[str, bool]] = {}
-    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
-        for clip_id, content, decoded in zip(
-            batch["clip_id"], batch["content_hash"], batch["decoded"], strict=True
-        ):
-            outcomes[clip_id] = (content, bool(decoded))
+    with progress_bar(len(work), "clips ingested", "clip", enabled=progress) as bar:
+        for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
+            for clip_id, content, decoded in zip(
+                batch["clip_id"], batch["content_hash"], batch["decoded"], strict=True
+            ):
+                outcomes[clip_id] = (content, bool(decoded))
+            bar.update(len(batch))
     return outcomes
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrate.config import RunConfig
+from orchestrate.console import progress_bar, route_logs, routed_log, say
 from orchestrate.datasets.filesystem import resolve_filesystem
 from orchestrate.features import feature_source
 from orchestrate.protocols import make_folds, validation_splits
@@ -224,8 +224,16 @@ def _space(searched: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=0)
-def search_study(plan: StudyPlan, features: list[ray.ObjectRef], resume: bool) -> StudyOutcome:
-    """Run (or resume) one outer fold's Tune study; return its trials and chosen config."""
+def search_study(
+    plan: StudyPlan, features: list[ray.ObjectRef], resume: bool, log_file: str | None = None
+) -> StudyOutcome:
+    """Run (or resume) one outer fold's Tune study; return its trials and chosen config.
+
+    ``log_file``: the driver's log file (``orchestrate.console``), which Tune's and Optuna's
+    loggers in this task write to as well when this node sees it (a local cluster).
+    """
+    if log_file and Path(log_file).parent.is_dir():
+        route_logs(log_file, announce=False, libraries=())
     started = time.perf_counter()
     fs, root = resolve_filesystem(plan.sweep_dir, plan.storage_options)
     experiment = f"{root}/{plan.name}"
@@ -570,7 +578,10 @@ def run_studies(
     pending = list(plan.studies)
     searching: dict[ray.ObjectRef, tuple[VariantResult, StudyPlan, list[ray.ObjectRef]]] = {}
     finishing: dict[ray.ObjectRef, tuple[VariantResult, StudyPlan, StudyOutcome]] = {}
-    total, done = len(pending), 0
+    total, done, trials = len(pending), 0, 0
+    task = plan.rows[0].task if plan.rows else ""
+    bar = progress_bar(total, f"{task} studies", "study", enabled=progress)
+    log_file = str(routed_log() or "")
 
     def launch() -> None:
         while pending and len(searching) < limit:
@@ -578,9 +589,14 @@ def run_studies(
             stored = _stored_outcome(study) if resume else None
             if stored is not None:
                 row.outcomes.append(stored)
+                bar.update()
                 _say(progress, f"  {study.name}: finished before, not run again")
                 continue
-            searching[search_study.remote(study, reference, resume)] = (row, study, reference)
+            searching[search_study.remote(study, reference, resume, log_file)] = (
+                row,
+                study,
+                reference,
+            )
 
     launch()
     while searching or finishing:
@@ -593,6 +609,7 @@ def run_studies(
             except (ray.exceptions.RayTaskError, VariantFailed) as error:
                 row.error = row.error or f"{study.name}: {_one_line(error)}"
                 done += 1
+                bar.update()
                 # Failures are said even in quiet runs: the row will lack this fold.
                 _say(True, f"  [{done}/{total}] {study.name}: failed: {_one_line(error)}")
                 launch()
@@ -622,12 +639,16 @@ def run_studies(
                 outcome.finals = ray.get(ref)
             except ray.exceptions.RayTaskError as error:
                 row.error = row.error or f"{study.name}: final model: {_one_line(error)}"
+                bar.update()
                 continue
             if on_study is not None:
                 on_study(row, outcome)
             _store_outcome(study, outcome)
             row.outcomes.append(outcome)
             done += 1
+            trials += len(outcome.trials)
+            bar.set_postfix_str(f"{trials} trials", refresh=False)
+            bar.update()
             test_uar = np.mean([f.metrics["uar"] for f in outcome.finals])
             _say(
                 progress,
@@ -635,6 +656,7 @@ def run_studies(
                 f"validation UAR {outcome.validation.get('val_uar', math.nan):.3f}, "
                 f"test UAR {test_uar:.3f}",
             )
+    bar.close()
     for row in plan.rows:
         row.outcomes.sort(key=lambda outcome: outcome.fold)
         if row.outcomes and row.error:
@@ -714,4 +736,4 @@ def _one_line(error: BaseException) -> str:
 
 def _say(progress: bool, line: str) -> None:
     if progress:
-        print(line, file=sys.stderr, flush=True)
+        say(line)  # above the progress bar, on a terminal
