@@ -37,10 +37,10 @@ from orchestrate.corpus import synthesize_corpus
 from orchestrate.pipeline import ingest, sweep
 from orchestrate.stages.sweep import StudyOutcome
 
-EXTRACTORS = "{emodal_audio: {}, song_mfcc: {}, mitseas_audio: {}}"
+# The run's tasks decide what is ingested: emodal_audio, song_mfcc, mitseas_audio.
 TASKS = (
-    "[{name: emodal, variants: [audio]}, {name: song, variants: [audio]},"
-    " {name: mitseas, variants: [audio-all-actors]}]"
+    "{emodal: {variants: [audio]}, song: {variants: [audio]},"
+    " mitseas: {variants: [audio-all-actors]}}"
 )
 
 
@@ -58,7 +58,6 @@ def main() -> None:
     overrides = [
         f"workspace={workspace}",
         f"dataset.root={corpus}",
-        f"ingest.extractors={EXTRACTORS}",
         f"tasks={TASKS}",
         "sweep.protocols=[actor-kfold]",
         f"sweep.folds={args.folds}",

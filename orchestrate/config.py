@@ -1,28 +1,39 @@
 """One YAML file describes a run; ``key=value`` overrides on the command line; validated on load.
 
-Every field has an embedded default, so an empty file (or none) is a valid run: local Ray,
-a feature store in ``<workspace>/store``, MLflow on ``<workspace>/mlflow.db`` with
-artifacts in ``<workspace>/mlartifacts``. A bad key or value raises ``ConfigError`` with
-one line naming the field and what is allowed, before any work starts.
+The dataclasses below are the schema: OmegaConf merges the file and the dotlist overrides
+into their structured config (typed values, unknown keys refused with the full key), and
+the result is checked against the registries (datasets, extractors, task specs and their
+knobs). Every field has an embedded default, so an empty file (or none) is a valid run:
+local Ray, a feature store in ``<workspace>/store``, MLflow on ``<workspace>/mlflow.db``
+with artifacts in ``<workspace>/mlartifacts``. A bad key or value raises ``ConfigError``
+with one line naming the full key and what is allowed, before any work starts.
+
+``--config`` takes a file or the name of a config shipped in ``orchestrate/configs/``
+(``song_ravdess``, ``demo``, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from orchestrate.errors import InputError
 from orchestrate.protocols import ACTOR_PROTOCOLS, PROTOCOLS
 
 SELECTIONS = ("nested", "holdout")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key or value is not allowed; the message is one line naming the field."""
 
 
@@ -55,7 +66,8 @@ class RayConfig:
 
 @dataclass
 class IngestConfig:
-    # extractor name -> its parameters; empty: every extractor the run's tasks read.
+    # Extractor name -> the parameters that differ from its paper defaults. Ingest runs every
+    # extractor the run's tasks read, and any named here.
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_failure_ratio: float = 0.5  # ingest exits non-zero above this ratio of failed clips
     face_detect_width: int = 320  # Haar cascade runs on a grayscale copy this wide
@@ -70,9 +82,11 @@ class IngestConfig:
 
 @dataclass
 class TaskRun:
-    name: str = ""
-    variants: list[str] | None = None  # default: every variant the task has
-    config: dict[str, Any] = field(default_factory=dict)  # overrides of the task's DEFAULTS
+    """One task of a run: its variants, and the knobs that differ from the task's defaults."""
+
+    name: str
+    variants: list[str]
+    knobs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +120,8 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
-    tasks: list[TaskRun] = field(default_factory=list)
+    # Task name -> {variants: [...], <knob>: value, ...}; empty: every task, every variant.
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     # Derived locations: everything the embedded defaults write stays inside the workspace.
@@ -134,11 +149,13 @@ class RunConfig:
         """The tasks to sweep: those listed, or every registered task with all its variants."""
         from tasks import TASKS
 
-        runs = self.tasks or [TaskRun(name=name) for name in TASKS]
-        return [
-            TaskRun(run.name, run.variants or list(TASKS[run.name].VARIANTS), dict(run.config))
-            for run in runs
-        ]
+        sections = self.tasks or {name: {} for name in TASKS}
+        runs = []
+        for name, section in sections.items():
+            knobs = {key: value for key, value in (section or {}).items() if key != "variants"}
+            variants = (section or {}).get("variants") or list(TASKS[name].variants)
+            runs.append(TaskRun(name, list(variants), knobs))
+        return runs
 
     @property
     def storage_options(self) -> dict[str, str]:
@@ -147,107 +164,134 @@ class RunConfig:
         return {key: value for key, value in options.items() if value}
 
 
+SHIPPED_CONFIGS = "orchestrate.configs"
+
+
+def shipped_configs() -> dict[str, str]:
+    """The run configs that ship with the package: name -> the command line that runs it."""
+    found = {}
+    for entry in sorted(resources.files(SHIPPED_CONFIGS).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text().splitlines()[0] if entry.read_text() else ""
+            found[entry.name.removesuffix(".yaml")] = first.lstrip("# ").strip()
+    return found
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: the path itself, else the shipped config of that name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = resources.files(SHIPPED_CONFIGS).joinpath(f"{path.name.removesuffix('.yaml')}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return Path(str(shipped))
+    known = ", ".join(shipped_configs())
+    raise ConfigError(f"config file {name} does not exist (shipped configs: {known})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config from YAML (or the embedded defaults), apply overrides, validate."""
-    raw: dict[str, Any] = {}
+    merged = OmegaConf.structured(RunConfig)
     if path is not None:
+        path = config_path(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        raw = loaded or {}
+        _merge(merged, loaded or {})
     for override in overrides or []:
-        apply_override(raw, override)
-    config = _build(RunConfig, raw, "")
+        apply_override(merged, override)
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, RunConfig)
     validate(config)
     return config
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one ``dotted.key=value`` override (value parsed as YAML) to a raw config dict."""
+def apply_override(merged: DictConfig, override: str) -> None:
+    """Apply one ``dotted.key=value`` override to the structured config.
+
+    Values are typed by the schema: where the key is a string field (or a string knob or
+    extractor parameter) the text is taken as written, so ``tracking.experiment=0123``
+    stays ``"0123"`` and ``=yes`` stays ``"yes"`` (YAML 1.1 would read 83 and true); a
+    single value for a list field is a one-item list (``tasks.song.variants=audio``).
+    Everything else goes through OmegaConf's dotlist parsing.
+    """
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(
             f"override {override!r} must look like key=value (e.g. sweep.num_samples=4)"
         )
+    declared = declared_type(key)
     try:
-        value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        value = text
+        if declared is str and text not in ("null", "~"):
+            OmegaConf.update(merged, key, text, merge=True, force_add=key.startswith("tasks."))
+            return
+        if declared is list and not text.lstrip().startswith("["):
+            text = f"[{text}]"
+        merged.merge_with_dotlist([f"{key}={text}"])
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error, key)) from None
+
+
+def declared_type(key: str) -> type | None:
+    """``str``, ``list`` or another type the schema declares for a dotted key (None: unknown)."""
+    from orchestrate.extractors import EXTRACTORS
+    from tasks import TASKS
+
     parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = _list_item(node, part, ".".join(parts[: i + 1]))
-            continue
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict | list):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
-        node = child
-    if isinstance(node, list):
-        raise ConfigError(f"{key}: name a field of a list item, e.g. tasks.0.variants")
-    node[parts[-1]] = value
-
-
-def _list_item(items: list, index: str, field_name: str) -> Any:
-    if not index.isdigit() or int(index) >= len(items):
-        raise ConfigError(f"{field_name}: no list item {index} (the list has {len(items)})")
-    return items[int(index)]
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    """Turn a raw mapping into dataclass ``cls``, naming the first bad field."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        allowed = ", ".join(fields)
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (allowed: {allowed})")
-    hints = typing.get_type_hints(cls)
-    values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in raw}
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+    if parts[0] == "tasks" and len(parts) == 3 and parts[1] in TASKS:
+        if parts[2] == "variants":
+            return list
+        hints = typing.get_type_hints(TASKS[parts[1]].knobs)
+        return _plain(hints.get(parts[2]))
+    if parts[:2] == ["ingest", "extractors"] and len(parts) == 4 and parts[2] in EXTRACTORS:
+        return _plain(typing.get_type_hints(EXTRACTORS[parts[2]]).get(parts[3]))
+    hint: Any = RunConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(hint):
             return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _convert(inner, value, name)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{name}.")
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]  # `variants=audio` on the command line means one item
-        (item,) = args
-        return [_convert(item, element, f"{name}.{i}") for i, element in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: must be a mapping, got {value!r}")
-        key_type, value_type = args
-        return {str(k): _convert(value_type, v, f"{name}.{k}") for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{name}: must be {hint.__name__}, got {value!r}")
-    return value
+        hint = typing.get_type_hints(hint).get(part)
+    return _plain(hint)
+
+
+def _plain(hint: Any) -> type | None:
+    """``X | None`` -> ``X``; ``list[...]`` -> ``list``; unions of several types -> None."""
+    if hint is None:
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        others = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _plain(others[0]) if len(others) == 1 else None
+    origin = typing.get_origin(hint)
+    return origin if origin is not None else hint
+
+
+def _merge(merged: DictConfig, values: dict[str, Any]) -> None:
+    try:
+        merged.merge_with(values)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error, "")) from None
+
+
+def _one_line(error: OmegaConfBaseException, key: str) -> str:
+    """OmegaConf's message as ``<full key>: <what is wrong>`` (allowed keys for unknown ones)."""
+    full_key = getattr(error, "full_key", None) or key
+    if key.endswith(f".{full_key}"):  # OmegaConf names the key relative to a typed dict
+        full_key = key
+    message = str(error).splitlines()[0]
+    typed = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
+    if typed:
+        expected = {"Integer": "int", "Float": "float", "Boolean": "bool"}.get(typed[2], typed[2])
+        return f"{full_key}: must be {expected}, got {typed[1]!r}"
+    if isinstance(error, ConfigKeyError | AttributeError) or "not in" in message:
+        hint: Any = RunConfig
+        for part in full_key.split(".")[:-1]:
+            hint = typing.get_type_hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
+        if dataclasses.is_dataclass(hint):
+            allowed = ", ".join(f.name for f in dataclasses.fields(hint))
+            return f"{full_key}: unknown key (allowed: {allowed})"
+    return f"{full_key}: {message}"
 
 
 def validate(config: RunConfig) -> None:
@@ -255,7 +299,7 @@ def validate(config: RunConfig) -> None:
     # Imported here: the registries import torch and friends, which config parsing doesn't need.
     from orchestrate.datasets import DATASETS
     from orchestrate.datasets.ravdess import VOCAL_CHANNELS
-    from orchestrate.extractors import EXTRACTORS
+    from orchestrate.extractors import EXTRACTORS, extractor_param_names
     from tasks import TASKS
 
     if config.dataset.name not in DATASETS:
@@ -277,18 +321,31 @@ def validate(config: RunConfig) -> None:
     for name in ("face_detect_width", "embed_workers", "embed_batch_size"):
         if getattr(config.ingest, name) is not None and getattr(config.ingest, name) < 1:
             raise ConfigError(f"ingest.{name}: must be at least 1")
-    for i, run in enumerate(config.tasks):
-        if run.name not in TASKS:
-            raise ConfigError(f"tasks.{i}.name: {run.name!r} is not one of {', '.join(TASKS)}")
+    for name, section in config.tasks.items():
+        if name not in TASKS:
+            raise ConfigError(f"tasks.{name}: unknown task (allowed: {', '.join(TASKS)})")
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(
+                f"tasks.{name}: must be a mapping of variants and knobs, got {section!r}"
+            )
+    for run in config.task_runs():
         task = TASKS[run.name]
-        for variant in run.variants or []:
-            if variant not in task.VARIANTS:
-                allowed = ", ".join(task.VARIANTS)
-                raise ConfigError(f"tasks.{i}.variants: {variant!r} is not one of {allowed}")
-        for key in run.config:
-            if key not in task.DEFAULTS:
-                allowed = ", ".join(task.DEFAULTS)
-                raise ConfigError(f"tasks.{i}.config.{key}: unknown knob (allowed: {allowed})")
+        for variant in run.variants:
+            if variant not in task.variants:
+                allowed = ", ".join(task.variants)
+                raise ConfigError(f"tasks.{run.name}.variants: {variant!r} is not one of {allowed}")
+        try:
+            task.knobs.of(run.knobs)
+        except ValueError as error:
+            raise ConfigError(f"tasks.{error}") from None
+    for name, params in config.ingest.extractors.items():
+        allowed_params = extractor_param_names(name)
+        for key in params or {}:
+            if key not in allowed_params:
+                raise ConfigError(
+                    f"ingest.extractors.{name}.{key}: unknown parameter "
+                    f"(allowed: {', '.join(allowed_params)})"
+                )
     allowed_protocols = ("paper", *PROTOCOLS)
     if not config.sweep.protocols:
         raise ConfigError("sweep.protocols: give at least one protocol")

@@ -90,7 +90,7 @@ def route_logs(
     for name in ROUTED_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
-            if _is_console(old) or old.get_name().startswith("orchestrate:"):
+            if _is_console(old) or (old.get_name() or "").startswith("orchestrate:"):
                 logger.removeHandler(old)
         logger.addHandler(handler)
         logger.propagate = False  # one record, one line ("ray.data" is a child of "ray")

@@ -7,14 +7,14 @@ which clips the dataset holds, and each extractor's rows are joined on the conte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import numpy as np
 
 from orchestrate.config import RunConfig
+from orchestrate.errors import InputError
 from orchestrate.extractors import build_extractor
 from orchestrate.store import SHAPE_SUFFIX, ExtractorKey, FeatureStore, decode_array
-from tasks.common import FeatureSet
+from tasks.common import FeatureSet, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -97,30 +97,28 @@ class FeatureSource:
         return features, sorted(reasons + identical)
 
 
-def feature_source(config: RunConfig, task: ModuleType, variant: str) -> FeatureSource:
+def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSource:
     """The feature source of one task variant under this run's dataset and extractor params."""
-    from orchestrate.stages.ingest import SFEW_TABLE_KEY, extractor_key
+    from orchestrate.datasets import dataset_adapter
+    from orchestrate.stages.ingest import extractor_key, table_key
 
-    if variant not in task.VARIANTS:
-        raise ValueError(
-            f"{task.NAME} has no variant {variant!r} (allowed: {', '.join(task.VARIANTS)})"
-        )
-    columns = tuple(task.VARIANTS[variant])
+    columns = task.variant(variant).columns
+    adapter = dataset_adapter(config.dataset.name)
     keys: dict[str, ExtractorKey] = {}
     for column in columns:
-        name = column.split(".", 1)[0]
-        if config.dataset.name == "sfew-table":
-            if name != SFEW_TABLE_KEY.name:
-                raise ValueError(
-                    f"the SFEW table holds only {SFEW_TABLE_KEY.name} features, not {name}"
-                )
-            keys[name] = SFEW_TABLE_KEY
+        name, array = column.split(".", 1)
+        stored_as = adapter.stored_as
+        if adapter.yields == "feature-table" and stored_as is not None:
+            if (name, array) not in {(stored_as.extractor, a) for a in stored_as.arrays}:
+                held = ", ".join(f"{stored_as.extractor}.{a}" for a in stored_as.arrays)
+                raise InputError(f"the {adapter.name} table holds {held}, not {column}")
+            keys[name] = table_key(stored_as)
         else:
             keys[name] = extractor_key(
                 build_extractor(name, config.ingest.extractors.get(name, {}))
             )
     if config.dataset.root is None:
-        raise ValueError("dataset.root: give the dataset the features were ingested from")
+        raise InputError("dataset.root: give the dataset the features were ingested from")
     return FeatureSource(
         store_uri=config.store_uri,
         storage_options=config.storage_options,
@@ -128,5 +126,5 @@ def feature_source(config: RunConfig, task: ModuleType, variant: str) -> Feature
         root=config.dataset.root,
         columns=columns,
         keys=keys,
-        classes=tuple(task.CLASSES),
+        classes=task.classes,
     )

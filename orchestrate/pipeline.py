@@ -126,7 +126,7 @@ def sweep(
                 "max_epochs": str(config.sweep.max_epochs),
                 "seeds": ",".join(map(str, config.sweep.seeds)),
                 "seed": str(config.seed),
-                **{f"task.{k}": str(v) for k, v in sorted(run.config.items())},
+                **{f"task.{k}": str(v) for k, v in sorted(run.knobs.items())},
             },
             texts={"config.yaml": dump_config(config), "extractors.json": json.dumps(resolved)},
         )
@@ -138,7 +138,7 @@ def sweep(
         opened.tags["resumed"] = str(resume).lower()
         tracking.log(opened)
         print(f"{run.name}: planning studies", file=sys.stderr, flush=True)
-        plan = plan_task(config, run.name, run.variants, run.config, sweep_dir)
+        plan = plan_task(config, run.name, run.variants, run.knobs, sweep_dir)
         for row in plan.rows:
             if row.error:
                 print(
@@ -148,7 +148,7 @@ def sweep(
                 )
 
         def log_study(
-            row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...] = task.CLASSES
+            row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...] = task.classes
         ) -> None:
             records = study_records(context, row, outcome, tuple(classes))
             for record in records:

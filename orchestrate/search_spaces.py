@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from ray import tune
 
+from orchestrate.errors import InputError
 from tasks import TASKS
 
 SAMPLERS = {
@@ -33,7 +34,7 @@ SAMPLERS = {
 METRICS = ("accuracy", "uar", "macro_f1")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(InputError):
     """A search space file is malformed; the message names the file and the field."""
 
 
@@ -86,7 +87,7 @@ def load_search_space(task: str, text: str | None = None) -> SearchSpace:
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise SearchSpaceError(f"{where}: params must be a mapping of knob name to distribution")
-    defaults = TASKS[task].DEFAULTS if task in TASKS else {}
+    defaults = TASKS[task].defaults if task in TASKS else {}
     for name, spec in params.items():
         field = f"{where}: params.{name}"
         if task in TASKS and name not in defaults:

@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrate.datasets.filesystem import resolve_filesystem
+from orchestrate.errors import MissingInput
 
 CLIP_COLUMNS = ("clip_id", "dataset", "actor", "label", "source_uri", "content_hash")
 ROW_COLUMNS = (*CLIP_COLUMNS, "extractor", "version", "param_hash", "status", "reason")
@@ -186,7 +187,7 @@ class FeatureStore:
     def read_manifest(self, dataset: str, root: str) -> pd.DataFrame:
         path = self.manifest_path(dataset, root)
         if self.filesystem.get_file_info(path).type != pafs.FileType.File:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"no ingest of {dataset} at {root} in the feature store {self.uri}: "
                 "run `orchestrate ingest` first"
             )

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from orchestrate.config import ConfigError, RunConfig, load_config
+from orchestrate.config import config_path as config_path_of
+from orchestrate.errors import InputError
 
 PROJECT = Path(__file__).resolve().parent.parent
 # What never travels with a job (gitwildmatch-like names, matched per path component).
@@ -108,6 +110,8 @@ def submit(
     """Submit ``orchestrate run``; stream its logs; 0 when the job SUCCEEDED, else 1."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    if config_path is not None:
+        config_path = config_path_of(config_path)  # a shipped config's name -> its file
     config = load_config(config_path, overrides)  # a bad key stops here, before any upload
     check_job_config(config)
     submission_id = f"orchestrate-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
@@ -116,7 +120,7 @@ def submit(
     try:
         client = JobSubmissionClient(address, headers=auth_headers())
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise ValueError(
+        raise InputError(
             f"submit: the Ray cluster at {address} cannot be reached: {error}"
         ) from None
     with tempfile.TemporaryDirectory(prefix="orchestrate-job-") as scratch:

@@ -35,6 +35,8 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrate.errors import InputError
+
 EXPERIMENT_KIND = "custom_model_development"  # the MLflow UI opens on its training runs
 RETRY_SECONDS = 15.0
 # Packages whose versions shape a result: logged on every run as ``version.<package>``.
@@ -79,7 +81,7 @@ class ParentMissing(RuntimeError):
     """A nested run's parent is not on the server yet (its own record is still spooled)."""
 
 
-class TrackingUnavailable(ValueError):
+class TrackingUnavailable(InputError):
     """The tracking URI cannot be reached or written before any work starts (one line)."""
 
 

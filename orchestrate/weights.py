@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from orchestrate.errors import InputError
+
 CACHE_ENV = "ORCHESTRATE_CACHE"
 
 
@@ -56,7 +58,7 @@ WEIGHTS = {
 }
 
 
-class WeightsUnavailable(ValueError):
+class WeightsUnavailable(InputError):
     """The weights could not be fetched or verified (one line)."""
 
 

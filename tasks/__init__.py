@@ -1,5 +1,8 @@
-"""One module per paper's model family, and the registry that names them."""
+"""The registry of tasks: one spec per paper's model family (``TaskSpec``), by name."""
 
 from tasks import emodal, mitseas, song, wang
+from tasks.common import TaskSpec
 
-TASKS = {module.NAME: module for module in (emodal, song, mitseas, wang)}
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (emodal.SPEC, song.SPEC, mitseas.SPEC, wang.SPEC)
+}

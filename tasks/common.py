@@ -1,24 +1,24 @@
-"""What every task module shares: the features a trainer reads, its metrics, its paper's numbers.
+"""What every task shares: its spec, its knobs, the features a trainer reads, its metrics.
 
-A task module (``tasks/<paper>.py``) is read top to bottom and exposes:
-
-- ``NAME``: the task's registry name.
-- ``CLASSES``: the emotions it classifies (a subset of ``orchestrate.emotions.EMOTIONS``);
-  clips of other emotions are left out before training.
-- ``VARIANTS``: variant name -> the feature columns (``"<extractor>.<array>"``) it reads.
-- ``DEFAULTS``: the paper's best configuration (plain data; ``search_spaces/<task>.yaml``
-  searches around it). ``DEFAULTS["epochs"]`` is the number of ``fit_epoch`` calls.
-  Optionally ``VARIANT_DEFAULTS``: variant -> the knobs that differ for that variant.
-- ``PAPER_PROTOCOL``: the paper's own evaluation protocol (see ``orchestrate.protocols``).
-- ``PAPER_RESULTS``: the numbers the paper reported, as ``PaperResult`` rows.
-- ``make_trainer(config, variant, train, seed) -> Trainer``.
+A task module (``tasks/<paper>.py``) is read top to bottom and ends in its ``SPEC``, a
+``TaskSpec``: the task's name, the emotions it classifies, its variants (the feature
+columns and knobs each reads, the paper's protocol for it), the frozen dataclass of its
+knobs (the paper's best configuration as defaults; ``search_spaces/<task>.yaml`` searches
+around it; ``epochs`` is the number of ``fit_epoch`` calls), the numbers the paper
+reported, and ``make_trainer(knobs, variant, train, seed) -> Trainer``. The stages only
+ever read a ``TaskSpec``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import numbers
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
@@ -140,3 +140,151 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, n_classes: int) -> M
         ),
         confusion=confusion_matrix(labels, predicted, labels=list(range(n_classes))),
     )
+
+
+# --- knobs: a task's configuration, typed and checked on construction -----------------------
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Base of a task's knobs: a frozen dataclass whose fields are checked when it is built.
+
+    Each field's annotation is enforced (``int``, ``float`` — an int is stored as float —
+    ``bool``, ``str``, ``X | None`` and unions of those; NumPy scalars count as their Python
+    type, as Optuna and Tune may hand them over), then ``check`` tests ranges. Errors are
+    ``ValueError("<task>.<knob>: must be ..., got ...")``, the extractors' form.
+    """
+
+    TASK: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, self._typed(f.name, hints[f.name]))
+        self.check()
+
+    def check(self) -> None:
+        """Range checks of the subclass (``self.require``); the types are already checked."""
+
+    @classmethod
+    def of(cls, values: Knobs | Mapping[str, Any]) -> Self:
+        """``values`` as these knobs: the defaults updated by a mapping, or the knobs as given."""
+        if isinstance(values, cls):
+            return values
+        if isinstance(values, Knobs):
+            raise ValueError(f"{cls.TASK}: got {type(values).__name__}, not {cls.__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in values if key not in names]
+        if unknown:
+            raise ValueError(f"{cls.TASK}.{unknown[0]}: unknown knob (knobs: {', '.join(names)})")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def require(self, ok: bool, knob: str, what: str) -> None:
+        """Raise the one-line error for ``knob`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"{self.TASK}.{knob}: must be {what}, got {getattr(self, knob)!r}")
+
+    def require_at_least(self, minimum: float, *knobs: str) -> None:
+        for knob in knobs:
+            self.require(getattr(self, knob) >= minimum, knob, f">= {minimum}")
+
+    def _typed(self, name: str, hint: Any) -> Any:
+        value = getattr(self, name)
+        allowed = (
+            typing.get_args(hint)
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+            else (hint,)
+        )
+        if value is None and type(None) in allowed:
+            return None
+        if isinstance(value, bool | np.bool_):
+            if bool in allowed:
+                return bool(value)
+        elif isinstance(value, numbers.Integral) and int in allowed:
+            return int(value)
+        elif isinstance(value, numbers.Real) and float in allowed:
+            return float(value)
+        elif isinstance(value, str) and str in allowed:
+            return value
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        raise ValueError(f"{self.TASK}.{name}: must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a task's ablation: what it reads, what it searches, how the paper tested it."""
+
+    columns: tuple[str, ...]  # the feature columns ("<extractor>.<array>") it reads
+    knobs: tuple[str, ...]  # the knobs it reads: a sweep of the variant searches only these
+    paper_protocol: str  # the protocol the paper evaluated it under (orchestrate.protocols)
+    # Knobs whose default differs for this variant (e.g. Wang's shallow net trains longer).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A paper's model family as the stages see it: the registry holds one per task."""
+
+    name: str
+    classes: tuple[str, ...]  # the emotions it classifies; clips of others are left out
+    variants: Mapping[str, Variant]
+    knobs: type[Knobs]
+    paper_results: tuple[PaperResult, ...]
+    make_trainer: Callable[[Any, str, FeatureSet, int], Trainer]
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(self.knobs)}
+        if "epochs" not in names:
+            raise TypeError(f"{self.name}: its knobs need an epochs field")
+        for variant_name, variant in self.variants.items():
+            stray = (set(variant.knobs) | set(variant.defaults)) - names
+            if stray:
+                raise TypeError(f"{self.name}/{variant_name}: no knob {sorted(stray)[0]!r}")
+
+    def variant(self, name: str) -> Variant:
+        """The variant called ``name``; ValueError naming the allowed ones otherwise."""
+        if name not in self.variants:
+            allowed = ", ".join(self.variants)
+            raise ValueError(f"{self.name} has no variant {name!r} (allowed: {allowed})")
+        return self.variants[name]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The paper's configuration: every knob's default."""
+        return self.knobs().as_dict()
+
+    def config(self, variant: str, overrides: Mapping[str, Any] | None = None) -> Knobs:
+        """The knobs a variant trains with: defaults, the variant's own, then ``overrides``."""
+        return self.knobs.of({**self.variant(variant).defaults, **(overrides or {})})
+
+
+# --- seeding: one scheme for every trainer ------------------------------------------------
+
+
+def stream_seed(seed: int, *stream: int) -> int:
+    """A 32-bit seed for the random stream ``(seed, *stream)`` (e.g. a run's seed, an epoch)."""
+    return int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
+
+
+@contextmanager
+def seeded(seed: int, *stream: int) -> Iterator[np.random.Generator]:
+    """Run a block with torch's generators seeded for ``(seed, *stream)``, restored after.
+
+    Yields a NumPy generator of the same stream (batch orders, splits). Everything random a
+    trainer does happens inside such a block: its result then depends on its seed and the
+    epoch only, not on what else ran in the process (folds trained in lockstep, a trial
+    restored from a checkpoint).
+    """
+    import torch
+
+    value = stream_seed(seed, *stream)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(value)
+        yield np.random.default_rng(value)

@@ -37,7 +37,9 @@ a target this project can reproduce.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional
 
-from tasks.common import ExportedModel, FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, Knobs, PaperResult, TaskSpec, Variant, seeded
 
 NAME = "emodal"
 
@@ -55,38 +57,47 @@ CLASSES: tuple[str, ...] = ("angry", "happy", "neutral", "sad")
 FACE = "emodal_face.face"
 AUDIO = "emodal_audio.features"
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "audio": (AUDIO,),
-    "video": (FACE,),
-    "fused": (FACE, AUDIO),
-}
 
-DEFAULTS: dict[str, Any] = {
+@dataclass(frozen=True)
+class EmodalKnobs(Knobs):
+    """EMODal's knobs; the paper gives the feature size, the rest are choices (defaults)."""
+
+    TASK: ClassVar[str] = NAME
+
     # Loss weights: the paper combines the four losses without giving weights: equal ones.
-    "w_common": 1.0,
-    "w_cls": 1.0,
-    "w_img": 1.0,
-    "w_aud": 1.0,
-    "feature_size": 10,  # the paper's 10-d image and audio features
-    "conv_channels": 16,  # first conv layer; the next two have 2x and 4x as many
-    "fc_width": 128,  # the image CNN's first fully connected layer
-    "dropout": 0.5,
-    "lr": 1e-3,  # Adam's default; the paper gives none
-    "batch_size": 32,
-    "epochs": 30,
-}
+    w_common: float = 1.0
+    w_cls: float = 1.0
+    w_img: float = 1.0
+    w_aud: float = 1.0
+    feature_size: int = 10  # the paper's 10-d image and audio features
+    conv_channels: int = 16  # first conv layer; the next two have 2x and 4x as many
+    fc_width: int = 128  # the image CNN's first fully connected layer
+    dropout: float = 0.5
+    lr: float = 1e-3  # Adam's default; the paper gives none
+    batch_size: int = 32
+    epochs: int = 30
+
+    def check(self) -> None:
+        self.require_at_least(1, "feature_size", "conv_channels", "fc_width", "batch_size")
+        self.require_at_least(1, "epochs")
+        self.require(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        self.require(self.lr > 0, "lr", "> 0")
+
 
 # The knobs each variant reads: a sweep of a variant searches only these (unimodal rows
 # train their own head with cross-entropy alone, so no loss weight reaches them).
 _TRAINING_KNOBS = ("feature_size", "lr", "batch_size", "epochs")
 _IMAGE_KNOBS = ("conv_channels", "fc_width", "dropout")
-VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
-    "audio": _TRAINING_KNOBS,
-    "video": (*_TRAINING_KNOBS, *_IMAGE_KNOBS),
-    "fused": (*_TRAINING_KNOBS, *_IMAGE_KNOBS, "w_common", "w_cls", "w_img", "w_aud"),
+_LOSS_WEIGHTS = ("w_common", "w_cls", "w_img", "w_aud")
+PAPER_PROTOCOL = "random-80-20"
+VARIANTS: dict[str, Variant] = {
+    "audio": Variant((AUDIO,), _TRAINING_KNOBS, PAPER_PROTOCOL),
+    "video": Variant((FACE,), (*_TRAINING_KNOBS, *_IMAGE_KNOBS), PAPER_PROTOCOL),
+    "fused": Variant(
+        (FACE, AUDIO), (*_TRAINING_KNOBS, *_IMAGE_KNOBS, *_LOSS_WEIGHTS), PAPER_PROTOCOL
+    ),
 }
 
-PAPER_PROTOCOL = "random-80-20"
 
 _PAPER_NOTE = (
     "the authors' own data set (11606 augmented clips from Chinese TV shows and movies, "
@@ -189,22 +200,22 @@ class EmodalNet(nn.Module):
 
     def __init__(
         self,
-        config: dict[str, Any],
+        knobs: EmodalKnobs,
         variant: str,
         image_shape: tuple[int, int] | None,
         audio_dim: int | None,
     ):
         super().__init__()
-        size = int(config["feature_size"])
+        size = knobs.feature_size
         n_classes = len(CLASSES)
         self.image = self.audio = self.image_head = self.audio_head = self.fused_head = None
         if variant in ("video", "fused"):
             assert image_shape is not None
             self.image = ImageNet(
                 image_shape,
-                int(config["conv_channels"]),
-                int(config["fc_width"]),
-                float(config["dropout"]),
+                knobs.conv_channels,
+                knobs.fc_width,
+                knobs.dropout,
                 size,
             )
             self.image_head = nn.Linear(size, n_classes)
@@ -232,7 +243,7 @@ class EmodalNet(nn.Module):
 
 
 def emodal_loss(
-    outputs: dict[str, torch.Tensor], labels: torch.Tensor, config: dict[str, Any]
+    outputs: dict[str, torch.Tensor], labels: torch.Tensor, knobs: EmodalKnobs
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The variant's training loss and its parts (the full four-part loss when fused)."""
     if "fused" not in outputs:  # a unimodal variant: its own head, cross-entropy only
@@ -242,15 +253,11 @@ def emodal_loss(
     ce_fused = functional.cross_entropy(outputs["fused"], labels)
     ce_img = functional.cross_entropy(outputs["img"], labels)
     ce_aud = functional.cross_entropy(outputs["aud"], labels)
-    loss = (
-        float(config["w_cls"]) * ce_fused
-        + float(config["w_img"]) * ce_img
-        + float(config["w_aud"]) * ce_aud
-    )
+    loss = knobs.w_cls * ce_fused + knobs.w_img * ce_img + knobs.w_aud * ce_aud
     parts = {"ce_fused": ce_fused.item(), "ce_img": ce_img.item(), "ce_aud": ce_aud.item()}
     if labels.shape[0] >= 2:  # Soft-HGR needs two pairs to centre; a lone clip has none
         hgr = soft_hgr(outputs["f_img"], outputs["f_aud"])
-        loss = loss - float(config["w_common"]) * hgr
+        loss = loss - knobs.w_common * hgr
         parts["soft_hgr"] = hgr.item()
     return loss, parts
 
@@ -261,58 +268,58 @@ def emodal_loss(
 class EmodalTrainer:
     """Trains one EMODal variant on one training split, an epoch at a time."""
 
-    def __init__(self, config: dict[str, Any], variant: str, train: FeatureSet, seed: int):
-        self.config = config
+    def __init__(self, knobs: EmodalKnobs, variant: str, train: FeatureSet, seed: int):
+        self.knobs = knobs
         self.variant = variant
         self.seed = seed
         self.epoch = 0
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(seed)
         self.labels = torch.as_tensor(_checked_labels(train), dtype=torch.long)
 
         # Normalisation statistics come from the training split only.
         self.face_mean = self.face_std = None
         self.audio_scaler: StandardScaler | None = None
         faces = audio = None
-        if FACE in VARIANTS[variant]:
+        if FACE in VARIANTS[variant].columns:
             raw_faces = _faces(train)
             self.face_shape = raw_faces.shape[1:]
             self.face_mean = float(raw_faces.mean())
             self.face_std = float(raw_faces.std()) or 1.0
             faces = (raw_faces - self.face_mean) / self.face_std
-        if AUDIO in VARIANTS[variant]:
+        if AUDIO in VARIANTS[variant].columns:
             raw_audio = _audio(train)
             self.audio_scaler = StandardScaler().fit(raw_audio)
             audio = self.audio_scaler.transform(raw_audio).astype(np.float32)
         self.faces = None if faces is None else torch.as_tensor(faces)
         self.audio = None if audio is None else torch.as_tensor(audio)
 
-        self.model = EmodalNet(
-            config,
-            variant,
-            None if faces is None else tuple(faces.shape[1:]),
-            None if audio is None else audio.shape[1],
-        ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(config["lr"]))
+        with seeded(seed):
+            self.model = EmodalNet(
+                knobs,
+                variant,
+                None if faces is None else tuple(faces.shape[1:]),
+                None if audio is None else audio.shape[1],
+            ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=knobs.lr)
 
     def fit_epoch(self) -> dict[str, float]:
         """One pass over the training split in shuffled mini-batches."""
         self.epoch += 1
         # Seeded per epoch: the same (seed, epoch) gives the same shuffle and dropout masks,
         # whatever else ran in this process in between.
-        torch.manual_seed(self.seed * 100_003 + self.epoch)
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.labels))
-        self.model.train()
-        totals: dict[str, float] = {}
-        for batch in _balanced_batches(order, int(self.config["batch_size"])):
-            index = torch.as_tensor(batch)
-            outputs = self.model(self._take(self.faces, index), self._take(self.audio, index))
-            loss, parts = emodal_loss(outputs, self.labels[index].to(self.device), self.config)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            for name, value in {"train_loss": loss.item(), **parts}.items():
-                totals[name] = totals.get(name, 0.0) + value * len(batch)
+        with seeded(self.seed, self.epoch) as rng:
+            order = rng.permutation(len(self.labels))
+            self.model.train()
+            totals: dict[str, float] = {}
+            for batch in _balanced_batches(order, self.knobs.batch_size):
+                index = torch.as_tensor(batch)
+                outputs = self.model(self._take(self.faces, index), self._take(self.audio, index))
+                loss, parts = emodal_loss(outputs, self.labels[index].to(self.device), self.knobs)
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                for name, value in {"train_loss": loss.item(), **parts}.items():
+                    totals[name] = totals.get(name, 0.0) + value * len(batch)
         return {name: total / len(order) for name, total in totals.items()}
 
     @torch.no_grad()
@@ -380,37 +387,20 @@ class EmodalProbabilities(nn.Module):
 
 
 def make_trainer(
-    config: dict[str, Any], variant: str, train: FeatureSet, seed: int
+    knobs: EmodalKnobs | Mapping[str, Any], variant: str, train: FeatureSet, seed: int
 ) -> EmodalTrainer:
-    """An EMODal trainer for ``variant`` on ``train`` (config: DEFAULTS plus sampled knobs)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"emodal has no variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    config = _checked_config(config)
-    for column in VARIANTS[variant]:
+    """An EMODal trainer for ``variant`` on ``train``.
+
+    ``knobs``: the knobs, or a mapping of the knobs that differ from the defaults.
+    """
+    knobs = EmodalKnobs.of(knobs)
+    for column in SPEC.variant(variant).columns:
         if column not in train.columns:
             raise ValueError(f"emodal/{variant}: the training features have no column {column!r}")
-    return EmodalTrainer(config, variant, train, seed)
+    return EmodalTrainer(knobs, variant, train, seed)
 
 
 # -- input checks ---------------------------------------------------------------------------------
-
-
-def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS updated by ``config``; an unknown knob or a bad value is a one-line error."""
-    unknown = [key for key in config if key not in DEFAULTS]
-    if unknown:
-        raise ValueError(
-            f"emodal config: unknown knob {unknown[0]!r} (knobs: {', '.join(DEFAULTS)})"
-        )
-    config = {**DEFAULTS, **config}
-    for key in ("feature_size", "conv_channels", "fc_width", "batch_size", "epochs"):
-        if int(config[key]) < 1:
-            raise ValueError(f"emodal config: {key} must be >= 1, got {config[key]!r}")
-    if not 0.0 <= float(config["dropout"]) < 1.0:
-        raise ValueError(f"emodal config: dropout must be in [0, 1), got {config['dropout']!r}")
-    if float(config["lr"]) <= 0:
-        raise ValueError(f"emodal config: lr must be > 0, got {config['lr']!r}")
-    return config
 
 
 def _checked_labels(train: FeatureSet) -> np.ndarray:
@@ -462,3 +452,13 @@ def _balanced_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     Soft-HGR centres each batch: a batch of one clip carries no correlation signal.
     """
     return np.array_split(order, max(1, math.ceil(len(order) / batch_size)))
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    classes=CLASSES,
+    variants=VARIANTS,
+    knobs=EmodalKnobs,
+    paper_results=PAPER_RESULTS,
+    make_trainer=make_trainer,
+)

@@ -39,8 +39,9 @@ unlimited depth); all are searched (``search_spaces/mitseas.yaml``).
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
@@ -50,7 +51,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from tasks.common import ExportedModel, FeatureSet, PaperResult
+from tasks.common import (
+    ExportedModel,
+    FeatureSet,
+    Knobs,
+    PaperResult,
+    TaskSpec,
+    Variant,
+    stream_seed,
+)
 
 NAME = "mitseas"
 CLASSES: tuple[str, ...] = ("angry", "fearful", "disgust", "happy", "sad")
@@ -68,38 +77,56 @@ FER_TO_CLASS: dict[str, str] = {
     "sad": "sad",
 }
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "audio": (AUDIO_COLUMN,),  # the SVM on the base actors
-    "audio-all-actors": (AUDIO_COLUMN,),  # the SVM on every training actor
-    "video": (FER_COLUMN,),
-    "fused": (AUDIO_COLUMN, FER_COLUMN),
-}
-# The variants whose predictions are the audio SVM's alone.
-SVM_VARIANTS = ("audio", "audio-all-actors")
-
-DEFAULTS: dict[str, Any] = {
-    "svm_C": 1.0,
-    "svm_gamma": "scale",  # or a positive number ("scale" = 1 / (features x variance))
-    "svm_kernel": "rbf",  # the paper relies on "the kernel trick"
-    "rf_n_estimators": 100,
-    "rf_max_depth": None,  # None: grow until leaves are pure
-    "epochs": 1,  # one fit_epoch fits every model
-}
 SVM_KERNELS = ("linear", "rbf", "poly", "sigmoid")
 
-_SVM_KNOBS = ("svm_C", "svm_gamma", "svm_kernel")
-# The knobs each variant reads: the video row is the pretrained CNN alone (nothing to search).
-VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
-    "audio": _SVM_KNOBS,
-    "audio-all-actors": _SVM_KNOBS,
-    "video": (),
-    "fused": (*_SVM_KNOBS, "rf_n_estimators", "rf_max_depth"),
-}
+
+@dataclass(frozen=True)
+class MitseasKnobs(Knobs):
+    """Mitseas' knobs: the paper names the models, not their settings (scikit-learn's)."""
+
+    TASK: ClassVar[str] = NAME
+
+    svm_C: float = 1.0
+    svm_gamma: str | float = "scale"  # or > 0 ("scale" = 1 / (features x variance))
+    svm_kernel: str = "rbf"  # the paper relies on "the kernel trick"
+    rf_n_estimators: int = 100
+    rf_max_depth: int | None = None  # None: grow until leaves are pure
+    epochs: int = 1  # one fit_epoch fits every model
+
+    def check(self) -> None:
+        self.require(self.svm_C > 0, "svm_C", "> 0")
+        gamma = self.svm_gamma
+        self.require(
+            gamma in ("scale", "auto") or (isinstance(gamma, float) and gamma > 0),
+            "svm_gamma",
+            '"scale", "auto" or > 0',
+        )
+        self.require(
+            self.svm_kernel in SVM_KERNELS, "svm_kernel", f"one of {', '.join(SVM_KERNELS)}"
+        )
+        self.require_at_least(1, "rf_n_estimators", "epochs")
+        depth = self.rf_max_depth
+        self.require(depth is None or depth >= 1, "rf_max_depth", "null or >= 1")
+
 
 # The paper's 8 base-model actors : 12 meta-classifier actors.
 BASE_FRACTION = 8 / 20
 
 PAPER_PROTOCOL = "actor-8-12-4"
+
+_SVM_KNOBS = ("svm_C", "svm_gamma", "svm_kernel")
+# The knobs each variant reads: the video row is the pretrained CNN alone (nothing to search).
+VARIANTS: dict[str, Variant] = {
+    "audio": Variant((AUDIO_COLUMN,), _SVM_KNOBS, PAPER_PROTOCOL),  # the SVM on the base actors
+    # the SVM on every training actor
+    "audio-all-actors": Variant((AUDIO_COLUMN,), _SVM_KNOBS, PAPER_PROTOCOL),
+    "video": Variant((FER_COLUMN,), (), PAPER_PROTOCOL),
+    "fused": Variant(
+        (AUDIO_COLUMN, FER_COLUMN), (*_SVM_KNOBS, "rf_n_estimators", "rf_max_depth"), PAPER_PROTOCOL
+    ),
+}
+# The variants whose predictions are the audio SVM's alone.
+SVM_VARIANTS = ("audio", "audio-all-actors")
 
 _TEST_SET = "their 4 test actors (32 clips per class, 5 classes)"
 PAPER_RESULTS: tuple[PaperResult, ...] = (
@@ -207,8 +234,8 @@ def class_probabilities(
 class MitseasTrainer:
     """Fits the variant's models on one training split; ``fit_epoch`` fits them all."""
 
-    def __init__(self, config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> None:
-        self.config = config
+    def __init__(self, knobs: MitseasKnobs, variant: str, train: FeatureSet, seed: int) -> None:
+        self.knobs = knobs
         self.variant = variant
         self.train = train
         self.seed = seed
@@ -238,9 +265,9 @@ class MitseasTrainer:
         svm = make_pipeline(
             StandardScaler(),
             SVC(
-                C=float(self.config["svm_C"]),
-                kernel=self.config["svm_kernel"],
-                gamma=self.config["svm_gamma"],
+                C=self.knobs.svm_C,
+                kernel=self.knobs.svm_kernel,
+                gamma=self.knobs.svm_gamma,
             ),
         )
         calibrated = CalibratedClassifierCV(
@@ -270,9 +297,9 @@ class MitseasTrainer:
             meta = self._actor_clips(self.meta_actors)
             self.svm = self._fit_svm(base, base_who)
             self.forest = RandomForestClassifier(
-                n_estimators=int(self.config["rf_n_estimators"]),
-                max_depth=self.config["rf_max_depth"],
-                random_state=self.seed,
+                n_estimators=self.knobs.rf_n_estimators,
+                max_depth=self.knobs.rf_max_depth,
+                random_state=stream_seed(self.seed),
                 n_jobs=1,  # Ray gives each trial its own CPUs
             ).fit(self._meta_features(meta), meta.labels)
             fitted_on = meta
@@ -326,41 +353,22 @@ class MitseasTrainer:
         )
 
 
-def validated_config(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """``DEFAULTS`` updated by ``config``; ValueError naming the first bad variant, key or value."""
-    if variant not in VARIANTS:
-        raise ValueError(f"{NAME}: unknown variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"{NAME}: unknown config key {unknown[0]!r} (allowed: {', '.join(DEFAULTS)})"
-        )
-    merged = {**DEFAULTS, **config}
-
-    def require(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"{NAME}: config {key}={merged[key]!r} must be {what}")
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-    def is_positive(value: Any) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
-
-    require(is_positive(merged["svm_C"]), "svm_C", "a positive number")
-    gamma = merged["svm_gamma"]
-    require(gamma in ("scale", "auto") or is_positive(gamma), "svm_gamma", '"scale", "auto" or > 0')
-    require(merged["svm_kernel"] in SVM_KERNELS, "svm_kernel", f"one of {', '.join(SVM_KERNELS)}")
-    n_trees = merged["rf_n_estimators"]
-    require(is_int(n_trees) and n_trees >= 1, "rf_n_estimators", "a positive integer")
-    depth = merged["rf_max_depth"]
-    require(depth is None or (is_int(depth) and depth >= 1), "rf_max_depth", "null or >= 1")
-    require(is_int(merged["epochs"]) and merged["epochs"] >= 1, "epochs", "a positive integer")
-    return merged
-
-
 def make_trainer(
-    config: dict[str, Any], variant: str, train: FeatureSet, seed: int
+    knobs: MitseasKnobs | Mapping[str, Any], variant: str, train: FeatureSet, seed: int
 ) -> MitseasTrainer:
-    """A trainer for one variant on one training split, seeded by ``seed``."""
-    return MitseasTrainer(validated_config(config, variant), variant, train, seed)
+    """A trainer for one variant on one training split, seeded by ``seed``.
+
+    ``knobs``: the knobs, or a mapping of the knobs that differ from the defaults.
+    """
+    SPEC.variant(variant)
+    return MitseasTrainer(MitseasKnobs.of(knobs), variant, train, seed)
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    classes=CLASSES,
+    variants=VARIANTS,
+    knobs=MitseasKnobs,
+    paper_results=PAPER_RESULTS,
+    make_trainer=make_trainer,
+)

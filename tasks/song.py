@@ -23,16 +23,17 @@ Choices the paper leaves open, made here:
 - *Inputs* are standardised per feature dimension with statistics of the training split's
   frames only (fitted inside the trainer).
 - *Training* is not described (optimiser, learning rate, batch size, epochs): Adam,
-  cross-entropy on the softmax layer's logits, the values in ``DEFAULTS``. A final training
+  cross-entropy on the softmax layer's logits, the defaults of ``SongKnobs``. A final training
   batch of one clip is dropped when batch norm is on (its batch variance is undefined).
-- *Dropout* is not in the paper (``DEFAULTS["dropout"] = 0``); the search space tries it,
+- *Dropout* is not in the paper (``SongKnobs.dropout = 0``); the search space tries it,
   after each branch's FC layer and between stacked GRU layers.
 """
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from orchestrate.emotions import EMOTIONS
-from tasks.common import ExportedModel, FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, Knobs, PaperResult, TaskSpec, Variant, seeded
 
 NAME = "song"
 CLASSES: tuple[str, ...] = EMOTIONS  # all 8 RAVDESS speech emotions
@@ -52,43 +53,46 @@ AUDIO_COLUMN = "song_mfcc.mfcc"
 # Branch (modality) name -> the feature column its GRU reads.
 BRANCH_COLUMNS: dict[str, str] = {"video": VIDEO_COLUMN, "audio": AUDIO_COLUMN}
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "audio": (AUDIO_COLUMN,),
-    "video": (VIDEO_COLUMN,),
-    "fused": (VIDEO_COLUMN, AUDIO_COLUMN),
-}
+INTEGER_KNOBS = ("video_gru_layers", "video_gru_units", "audio_gru_layers", "audio_gru_units")
 
-DEFAULTS: dict[str, Any] = {
-    "video_gru_layers": 1,  # Table I best: 1 layer, 512 units, with batch norm (79%)
-    "video_gru_units": 512,
-    "video_batch_norm": True,
-    "audio_gru_layers": 3,  # Table II best: 3 layers, 256 units, with batch norm (80%)
-    "audio_gru_units": 256,
-    "audio_batch_norm": True,
-    "fc_units": 256,  # "experimentally set to 256 and 256"
-    "dropout": 0.0,
-    "lr": 1.0e-3,
-    "batch_size": 32,
-    "epochs": 20,  # not in the paper; ASHA stops weak configurations earlier
-}
+
+@dataclass(frozen=True)
+class SongKnobs(Knobs):
+    """Song's knobs; the defaults are the paper's best configurations (Tables I and II)."""
+
+    TASK: ClassVar[str] = NAME
+
+    video_gru_layers: int = 1  # Table I best: 1 layer, 512 units, with batch norm (79%)
+    video_gru_units: int = 512
+    video_batch_norm: bool = True
+    audio_gru_layers: int = 3  # Table II best: 3 layers, 256 units, with batch norm (80%)
+    audio_gru_units: int = 256
+    audio_batch_norm: bool = True
+    fc_units: int = 256  # "experimentally set to 256 and 256"
+    dropout: float = 0.0  # not in the paper
+    lr: float = 1.0e-3
+    batch_size: int = 32
+    epochs: int = 20  # not in the paper; ASHA stops weak configurations earlier
+
+    def check(self) -> None:
+        self.require_at_least(1, *INTEGER_KNOBS, "fc_units", "batch_size", "epochs")
+        self.require(self.lr > 0, "lr", "> 0")
+        self.require(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+
 
 _SHARED_KNOBS = ("fc_units", "dropout", "lr", "batch_size", "epochs")
 _VIDEO_KNOBS = ("video_gru_layers", "video_gru_units", "video_batch_norm")
 _AUDIO_KNOBS = ("audio_gru_layers", "audio_gru_units", "audio_batch_norm")
-# The knobs each variant reads: a sweep of a variant searches only these.
-VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
-    "audio": (*_AUDIO_KNOBS, *_SHARED_KNOBS),
-    "video": (*_VIDEO_KNOBS, *_SHARED_KNOBS),
-    "fused": (*_VIDEO_KNOBS, *_AUDIO_KNOBS, *_SHARED_KNOBS),
-}
-
-PAPER_PROTOCOL = "stratified-10fold"  # the fused model's; the single branches used random 80/20
-# The paper's protocol per variant: Tables I and II (single branches) are one random 80/20
-# split, the fused model's 90% is 10-fold cross-validation.
-VARIANT_PROTOCOLS: dict[str, str] = {
-    "audio": "random-80-20",
-    "video": "random-80-20",
-    "fused": "stratified-10fold",
+# Tables I and II (single branches) are one random 80/20 split, the fused model's 90% is
+# 10-fold cross-validation.
+VARIANTS: dict[str, Variant] = {
+    "audio": Variant((AUDIO_COLUMN,), (*_AUDIO_KNOBS, *_SHARED_KNOBS), "random-80-20"),
+    "video": Variant((VIDEO_COLUMN,), (*_VIDEO_KNOBS, *_SHARED_KNOBS), "random-80-20"),
+    "fused": Variant(
+        (VIDEO_COLUMN, AUDIO_COLUMN),
+        (*_VIDEO_KNOBS, *_AUDIO_KNOBS, *_SHARED_KNOBS),
+        "stratified-10fold",
+    ),
 }
 
 PAPER_RESULTS: tuple[PaperResult, ...] = (
@@ -114,8 +118,6 @@ PAPER_RESULTS: tuple[PaperResult, ...] = (
         "Section III.E: mean over 10 cross-validation folds (stratification not stated)",
     ),
 )
-
-INTEGER_KNOBS = ("video_gru_layers", "video_gru_units", "audio_gru_layers", "audio_gru_units")
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -233,10 +235,12 @@ def checked_sequences(
 class SongTrainer:
     """Trains the variant's branches (and fusion) with Adam, one epoch per ``fit_epoch``."""
 
-    def __init__(self, config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> None:
-        self.config = config
+    def __init__(self, knobs: SongKnobs, variant: str, train: FeatureSet, seed: int) -> None:
+        self.knobs = knobs
+        self.seed = seed
+        self.epoch = 0
         self.branch_names = [
-            name for name, column in BRANCH_COLUMNS.items() if column in VARIANTS[variant]
+            name for name, column in BRANCH_COLUMNS.items() if column in VARIANTS[variant].columns
         ]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if len(train) < 2:
@@ -252,36 +256,24 @@ class SongTrainer:
             self.scalers[name] = StandardScaler().fit(np.concatenate(arrays))
             train_sequences[name] = self._standardised(name, arrays)
 
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        # Each trainer keeps its own random stream (dropout draws): folds trained in lockstep
-        # in one process then give the same result as each fold trained alone.
-        self.cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        self.random_state = self._random_state(torch.Generator().manual_seed(seed).get_state())
-        branches = {
-            name: SequenceBranch(
-                input_dim=self.dims[name],
-                gru_layers=int(config[f"{name}_gru_layers"]),
-                gru_units=int(config[f"{name}_gru_units"]),
-                fc_units=int(config["fc_units"]),
-                batch_norm=bool(config[f"{name}_batch_norm"]),
-                dropout=float(config["dropout"]),
-            )
-            for name in self.branch_names
-        }
-        self.model = SongNet(branches, int(config["fc_units"]), len(CLASSES)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(config["lr"]))
-        batch_size = int(config["batch_size"])
-        uses_batch_norm = any(config[f"{name}_batch_norm"] for name in self.branch_names)
-        self.loader = DataLoader(
-            ClipSequences(train_sequences, train.labels),
-            batch_size=batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=collate_clips,
-            # Batch norm cannot train on a batch of one clip: drop such a last batch.
-            drop_last=uses_batch_norm and len(train) % batch_size == 1,
-        )
+        with seeded(seed):
+            branches = {
+                name: SequenceBranch(
+                    input_dim=self.dims[name],
+                    gru_layers=getattr(knobs, f"{name}_gru_layers"),
+                    gru_units=getattr(knobs, f"{name}_gru_units"),
+                    fc_units=knobs.fc_units,
+                    batch_norm=getattr(knobs, f"{name}_batch_norm"),
+                    dropout=knobs.dropout,
+                )
+                for name in self.branch_names
+            }
+            self.model = SongNet(branches, knobs.fc_units, len(CLASSES)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=knobs.lr)
+        self.clips = ClipSequences(train_sequences, train.labels)
+        uses_batch_norm = any(getattr(knobs, f"{name}_batch_norm") for name in self.branch_names)
+        # Batch norm cannot train on a batch of one clip: drop such a last batch.
+        self.drop_last = uses_batch_norm and len(train) % knobs.batch_size == 1
 
     def _standardised(self, name: str, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         scaler = self.scalers[name]
@@ -295,32 +287,31 @@ class SongTrainer:
             name: (padded.to(self.device), lengths) for name, (padded, lengths) in sequences.items()
         }
 
-    def _random_state(self, cpu_state: torch.Tensor) -> list[torch.Tensor]:
-        return [cpu_state, *(torch.cuda.get_rng_state(d) for d in self.cuda_devices)]
-
     def fit_epoch(self) -> dict[str, float]:
         """One pass over the training clips; mean cross-entropy and accuracy over the epoch."""
-        with torch.random.fork_rng(devices=self.cuda_devices):
-            torch.set_rng_state(self.random_state[0])
-            for device, state in zip(self.cuda_devices, self.random_state[1:], strict=True):
-                torch.cuda.set_rng_state(state, device)
-            metrics = self._train_epoch()
-            self.random_state = self._random_state(torch.get_rng_state())
-        return metrics
-
-    def _train_epoch(self) -> dict[str, float]:
+        self.epoch += 1
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        for sequences, labels in self.loader:
-            labels = labels.to(self.device)
-            logits = self.model(self._to_device(sequences))
-            loss = nn.functional.cross_entropy(logits, labels)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            seen += len(labels)
+        # Batch order and dropout draws come from (seed, epoch): folds trained in lockstep in
+        # one process give the same result as each fold trained alone.
+        with seeded(self.seed, self.epoch) as rng:
+            loader = DataLoader(
+                self.clips,
+                batch_size=self.knobs.batch_size,
+                sampler=rng.permutation(len(self.clips)).tolist(),
+                collate_fn=collate_clips,
+                drop_last=self.drop_last,
+            )
+            for sequences, labels in loader:
+                labels = labels.to(self.device)
+                logits = self.model(self._to_device(sequences))
+                loss = nn.functional.cross_entropy(logits, labels)
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                total_loss += loss.item() * len(labels)
+                correct += int((logits.argmax(dim=1) == labels).sum())
+                seen += len(labels)
         return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
 
     @torch.no_grad()
@@ -388,37 +379,27 @@ class SongProbabilities(nn.Module):
         return torch.softmax(self.network(sequences), dim=1)
 
 
-def validated_config(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """``DEFAULTS`` updated by ``config``; ValueError naming the first bad variant, key or value."""
-    if variant not in VARIANTS:
-        raise ValueError(f"{NAME}: unknown variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"{NAME}: unknown config key {unknown[0]!r} (allowed: {', '.join(DEFAULTS)})"
-        )
-    merged = {**DEFAULTS, **config}
+def make_trainer(
+    knobs: SongKnobs | Mapping[str, Any], variant: str, train: FeatureSet, seed: int
+) -> SongTrainer:
+    """A trainer for one variant on one training split, seeded by ``seed``.
 
-    def require(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"{NAME}: config {key}={merged[key]!r} must be {what}")
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-    for key in (*INTEGER_KNOBS, "fc_units", "batch_size", "epochs"):
-        require(is_int(merged[key]) and merged[key] >= 1, key, "a positive integer")
-    for key in ("video_batch_norm", "audio_batch_norm"):
-        require(isinstance(merged[key], bool | np.bool_), key, "true or false")
-    require(isinstance(merged["lr"], numbers.Real) and merged["lr"] > 0, "lr", "a positive number")
-    dropout = merged["dropout"]
-    require(isinstance(dropout, numbers.Real) and 0 <= dropout < 1, "dropout", "in [0, 1)")
-    branches = [name for name, column in BRANCH_COLUMNS.items() if column in VARIANTS[variant]]
-    if any(merged[f"{name}_batch_norm"] for name in branches):
-        require(merged["batch_size"] >= 2, "batch_size", "at least 2 with batch norm on")
-    return merged
+    ``knobs``: the knobs, or a mapping of the knobs that differ from the defaults.
+    """
+    knobs = SongKnobs.of(knobs)
+    branches = [
+        name for name, column in BRANCH_COLUMNS.items() if column in SPEC.variant(variant).columns
+    ]
+    if any(getattr(knobs, f"{name}_batch_norm") for name in branches):
+        knobs.require(knobs.batch_size >= 2, "batch_size", "at least 2 with batch norm on")
+    return SongTrainer(knobs, variant, train, seed)
 
 
-def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> SongTrainer:
-    """A trainer for one variant on one training split, seeded by ``seed``."""
-    return SongTrainer(validated_config(config, variant), variant, train, seed)
+SPEC = TaskSpec(
+    name=NAME,
+    classes=CLASSES,
+    variants=VARIANTS,
+    knobs=SongKnobs,
+    paper_results=PAPER_RESULTS,
+    make_trainer=make_trainer,
+)

@@ -58,9 +58,8 @@ What the paper leaves open, and what this module does:
 - Smooth L1 regresses the 7 outputs onto the one-hot target (the paper's "regression of the
   emotion representations"); ``predict_proba`` is the softmax of those outputs: its argmax is
   the regression's argmax, the values are not calibrated probabilities.
-- Epochs: one ``epochs`` knob serves both models. The default is the CNN's 30; a sweep of the
-  shallow rows should set ``epochs: 200`` (``VARIANT_DEFAULTS`` holds the paper's per-model
-  values).
+- Epochs: one ``epochs`` knob serves both models. The default is the CNN's 30; the shallow
+  variants default to the paper's 200 (their ``Variant.defaults``).
 
 The paper does not say how it split its 675 rows for Table 3; this project evaluates with
 stratified k-fold. Its "Average Accuracy" column is the mean of per-class accuracies (recall),
@@ -70,7 +69,9 @@ i.e. UAR.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ from sklearn.preprocessing import MinMaxScaler
 from torch import nn
 from torch.nn import functional
 
-from tasks.common import ExportedModel, FeatureSet, PaperResult
+from tasks.common import ExportedModel, FeatureSet, Knobs, PaperResult, TaskSpec, Variant, seeded
 
 NAME = "wang"
 
@@ -89,45 +90,50 @@ CLASSES: tuple[str, ...] = ("angry", "disgust", "fearful", "happy", "neutral", "
 LPQ = "wang_texture.lpq"
 PHOG = "wang_texture.phog"
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "shallow-lpq": (LPQ,),
-    "shallow-phog": (PHOG,),
-    "cnn-lpq": (LPQ,),
-    "cnn-phog": (PHOG,),
-    "cnn-fused": (LPQ, PHOG),
-}
+CENTRINGS: tuple[str, ...] = ("raw", "half", "mean")
 
-DEFAULTS: dict[str, Any] = {
-    "pca_components": 5,  # the paper's 5 principal components per descriptor
-    "hidden_units": 16,  # shallow net before pruning (the paper's default, from ref. [9])
-    "prune_angle": 60.0,  # degrees: the paper's best threshold (its Figure 6b)
-    "activation_centring": "mean",  # angles of "raw", "half" (0.5) or "mean"-centred activations
-    "cnn_channels": 16,  # per 1-D conv layer; the paper does not say
-    "fusion_width": 14,  # twice the 7 classes, as the paper's first FC layer
-    "lr": 1e-4,
-    "batch_size": 10,
-    "epochs": 30,  # the CNN's; the shallow net's is 200 (VARIANT_DEFAULTS)
-}
 
-# The paper's per-model training lengths, for runs that sweep one model family.
-VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "shallow-lpq": {"epochs": 200},
-    "shallow-phog": {"epochs": 200},
-}
+@dataclass(frozen=True)
+class WangKnobs(Knobs):
+    """Wang's knobs; the defaults are the paper's where it gives them."""
+
+    TASK: ClassVar[str] = NAME
+
+    pca_components: int = 5  # the paper's 5 principal components per descriptor
+    hidden_units: int = 16  # shallow net before pruning (the paper's default, from ref. [9])
+    prune_angle: float = 60.0  # degrees: the paper's best threshold (its Figure 6b)
+    activation_centring: str = "mean"  # angles of "raw", "half" (0.5) or "mean"-centred
+    cnn_channels: int = 16  # per 1-D conv layer; the paper does not say
+    fusion_width: int = 14  # twice the 7 classes, as the paper's first FC layer
+    lr: float = 1e-4
+    batch_size: int = 10
+    epochs: int = 30  # the CNN's; the shallow net's is 200 (its variants' defaults)
+
+    def check(self) -> None:
+        self.require_at_least(1, "pca_components", "hidden_units", "cnn_channels")
+        self.require_at_least(1, "fusion_width", "batch_size", "epochs")
+        self.require(0.0 < self.prune_angle <= 180.0, "prune_angle", "in (0, 180] degrees")
+        self.require(
+            self.activation_centring in CENTRINGS,
+            "activation_centring",
+            f"one of {', '.join(CENTRINGS)}",
+        )
+        self.require(self.lr > 0, "lr", "> 0")
+
 
 _TRAINING_KNOBS = ("pca_components", "lr", "batch_size", "epochs")
 _SHALLOW_KNOBS = (*_TRAINING_KNOBS, "hidden_units", "prune_angle", "activation_centring")
 _CNN_KNOBS = (*_TRAINING_KNOBS, "cnn_channels", "fusion_width")
-# The knobs each variant reads: a sweep of a variant searches only these.
-VARIANT_KNOBS: dict[str, tuple[str, ...]] = {
-    "shallow-lpq": _SHALLOW_KNOBS,
-    "shallow-phog": _SHALLOW_KNOBS,
-    "cnn-lpq": _CNN_KNOBS,
-    "cnn-phog": _CNN_KNOBS,
-    "cnn-fused": _CNN_KNOBS,
-}
-
 PAPER_PROTOCOL = "stratified-kfold"
+# The paper's per-model training lengths: the shallow net trains 200 epochs.
+_SHALLOW_EPOCHS = {"epochs": 200}
+VARIANTS: dict[str, Variant] = {
+    "shallow-lpq": Variant((LPQ,), _SHALLOW_KNOBS, PAPER_PROTOCOL, _SHALLOW_EPOCHS),
+    "shallow-phog": Variant((PHOG,), _SHALLOW_KNOBS, PAPER_PROTOCOL, _SHALLOW_EPOCHS),
+    "cnn-lpq": Variant((LPQ,), _CNN_KNOBS, PAPER_PROTOCOL),
+    "cnn-phog": Variant((PHOG,), _CNN_KNOBS, PAPER_PROTOCOL),
+    "cnn-fused": Variant((LPQ, PHOG), _CNN_KNOBS, PAPER_PROTOCOL),
+}
 
 _PAPER_NOTE = (
     "SFEW feature table (675 images, 5 LPQ + 5 PHOG principal components); Table 3 'average "
@@ -145,7 +151,6 @@ PAPER_RESULTS: tuple[PaperResult, ...] = (
 # -- distinctiveness pruning ---------------------------------------------------------------------
 
 # How activation vectors are centred before their angles are taken.
-CENTRINGS: tuple[str, ...] = ("raw", "half", "mean")
 
 
 def activation_centres(activations: np.ndarray, centring: str = "raw") -> np.ndarray:
@@ -379,33 +384,35 @@ def descriptor_matrix(features: FeatureSet, column: str) -> np.ndarray:
 class WangTrainer:
     """Trains one of the paper's five rows on one training split, an epoch at a time."""
 
-    def __init__(self, config: dict[str, Any], variant: str, train: FeatureSet, seed: int):
-        self.config = config
+    def __init__(self, knobs: WangKnobs, variant: str, train: FeatureSet, seed: int):
+        self.knobs = knobs
         self.variant = variant
         self.seed = seed
         self.epoch = 0  # fit_epoch calls
         self.passes = 0  # passes over the training rows (the shallow net's first call makes 2)
         self.shallow = variant.startswith("shallow")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(seed)
         self.labels = torch.as_tensor(_checked_labels(train), dtype=torch.long)
-        components = int(config["pca_components"])
-        self.scalers = [DescriptorScaler(column, components) for column in VARIANTS[variant]]
+        components = knobs.pca_components
+        self.scalers = [
+            DescriptorScaler(column, components) for column in VARIANTS[variant].columns
+        ]
         self.inputs = [torch.as_tensor(scaler.fit_transform(train)) for scaler in self.scalers]
         n_classes = len(CLASSES)
-        if self.shallow:
-            self.model: nn.Module = ShallowNet(
-                self.inputs[0].shape[1], int(config["hidden_units"]), n_classes
-            )
-        else:
-            self.model = TextureCNN(
-                [x.shape[1] for x in self.inputs],
-                int(config["cnn_channels"]),
-                int(config["fusion_width"]),
-                n_classes,
-            )
+        with seeded(seed):
+            if self.shallow:
+                self.model: nn.Module = ShallowNet(
+                    self.inputs[0].shape[1], knobs.hidden_units, n_classes
+                )
+            else:
+                self.model = TextureCNN(
+                    [x.shape[1] for x in self.inputs],
+                    knobs.cnn_channels,
+                    knobs.fusion_width,
+                    n_classes,
+                )
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(config["lr"]))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=knobs.lr)
         self.pruned_units: list[int] = []
 
     def fit_epoch(self) -> dict[str, float]:
@@ -426,19 +433,20 @@ class WangTrainer:
     def _train_pass(self) -> float:
         """One pass over the training rows; the mean training loss."""
         self.passes += 1
-        torch.manual_seed(self.seed * 100_003 + self.passes)
-        order = np.random.default_rng((self.seed, self.passes)).permutation(len(self.labels))
-        self.model.train()
+        batch_size = self.knobs.batch_size
         loss_fn = shallow_loss if self.shallow else cnn_loss
         total = 0.0
-        for start in range(0, len(order), int(self.config["batch_size"])):
-            index = torch.as_tensor(order[start : start + int(self.config["batch_size"])])
-            outputs = self.model(*(x[index].to(self.device) for x in self.inputs))
-            loss = loss_fn(outputs, self.labels[index].to(self.device))
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item() * len(index)
+        with seeded(self.seed, self.passes) as rng:
+            order = rng.permutation(len(self.labels))
+            self.model.train()
+            for start in range(0, len(order), batch_size):
+                index = torch.as_tensor(order[start : start + batch_size])
+                outputs = self.model(*(x[index].to(self.device) for x in self.inputs))
+                loss = loss_fn(outputs, self.labels[index].to(self.device))
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * len(index)
         return total / len(order)
 
     @torch.no_grad()
@@ -446,11 +454,11 @@ class WangTrainer:
         """Algorithm 1, steps 2-3: remove indistinct hidden units and rebuild the net."""
         self.model.eval()
         activations = self.model.hidden_activations(self.inputs[0].to(self.device)).cpu().numpy()
-        centring = str(self.config["activation_centring"])
-        pairs = removal_pairs(activations, float(self.config["prune_angle"]), centring)
+        centring = self.knobs.activation_centring
+        pairs = removal_pairs(activations, self.knobs.prune_angle, centring)
         self.pruned_units = sorted(removed for removed, _ in pairs)
         self.model = self.model.without_units(pairs, activation_centres(activations, centring))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.config["lr"]))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.knobs.lr)
 
     @torch.no_grad()
     def predict_proba(self, features: FeatureSet) -> np.ndarray:
@@ -492,48 +500,21 @@ class SoftmaxOf(nn.Module):
         return torch.softmax(self.network(*inputs), dim=1)
 
 
-def make_trainer(config: dict[str, Any], variant: str, train: FeatureSet, seed: int) -> WangTrainer:
-    """A trainer for one of Wang's rows on ``train`` (config: DEFAULTS plus sampled knobs)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"wang has no variant {variant!r} (allowed: {', '.join(VARIANTS)})")
-    config = _checked_config(config)
-    for column in VARIANTS[variant]:
+def make_trainer(
+    knobs: WangKnobs | Mapping[str, Any], variant: str, train: FeatureSet, seed: int
+) -> WangTrainer:
+    """A trainer for one of Wang's rows on ``train``.
+
+    ``knobs``: the knobs, or a mapping of the knobs that differ from the defaults.
+    """
+    knobs = WangKnobs.of(knobs)
+    for column in SPEC.variant(variant).columns:
         if column not in train.columns:
             raise ValueError(f"wang/{variant}: the training features have no column {column!r}")
-    return WangTrainer(config, variant, train, seed)
+    return WangTrainer(knobs, variant, train, seed)
 
 
 # -- input checks ---------------------------------------------------------------------------------
-
-
-def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS updated by ``config``; an unknown knob or a bad value is a one-line error."""
-    unknown = [key for key in config if key not in DEFAULTS]
-    if unknown:
-        raise ValueError(f"wang config: unknown knob {unknown[0]!r} (knobs: {', '.join(DEFAULTS)})")
-    config = {**DEFAULTS, **config}
-    for key in (
-        "pca_components",
-        "hidden_units",
-        "cnn_channels",
-        "fusion_width",
-        "batch_size",
-        "epochs",
-    ):
-        if int(config[key]) < 1:
-            raise ValueError(f"wang config: {key} must be >= 1, got {config[key]!r}")
-    if not 0.0 < float(config["prune_angle"]) <= 180.0:
-        raise ValueError(
-            f"wang config: prune_angle must be in (0, 180] degrees, got {config['prune_angle']!r}"
-        )
-    if config["activation_centring"] not in CENTRINGS:
-        raise ValueError(
-            f"wang config: activation_centring {config['activation_centring']!r} "
-            f"is not one of {', '.join(CENTRINGS)}"
-        )
-    if float(config["lr"]) <= 0:
-        raise ValueError(f"wang config: lr must be > 0, got {config['lr']!r}")
-    return config
 
 
 def _checked_labels(train: FeatureSet) -> np.ndarray:
@@ -547,3 +528,13 @@ def _checked_labels(train: FeatureSet) -> np.ndarray:
             f"not an index into {CLASSES}"
         )
     return labels
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    classes=CLASSES,
+    variants=VARIANTS,
+    knobs=WangKnobs,
+    paper_results=PAPER_RESULTS,
+    make_trainer=make_trainer,
+)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # registered as plugins in conftest.py
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 SUBMIT_TIMEOUT_S = 120.0  # a job that only imports orchestrate
 PIPELINE_TIMEOUT_S = 1200.0  # synth + ingest (+ sweep) of a tiny corpus on 2 shared cores
-EMODAL_EXTRACTORS = "ingest.extractors={emodal_audio: {}, emodal_face: {}}"
+EMODAL_EXTRACTORS = "tasks.emodal.variants=[audio, video]"  # ingests emodal_audio, emodal_face
 
 
 def orchestrate_command(*args: str | Path) -> str:
@@ -63,7 +63,7 @@ def sweep_command(corpus: Path, workspace: Path, tracking_uri: str) -> str:
     """The smallest real nested sweep: EMODal audio-only, one trial a study, one epoch."""
     return orchestrate_command(
         "sweep", "--workspace", workspace, "--tracking-uri", tracking_uri,
-        f"dataset.root={corpus}", EMODAL_EXTRACTORS, "tasks=[{name: emodal, variants: [audio]}]",
+        f"dataset.root={corpus}", EMODAL_EXTRACTORS, "tasks={emodal: {variants: [audio]}}",
         "sweep.num_samples=1", "sweep.max_epochs=1", "sweep.folds=3",
         "sweep.protocols=[actor-kfold]", "--quiet",
     )  # fmt: skip

@@ -12,7 +12,6 @@ import pyarrow.fs as pafs
 import pytest
 
 from orchestrate.datasets import (
-    ADAPTERS,
     DATASETS,
     Clip,
     list_clips,
@@ -47,11 +46,16 @@ def by_id(clips: list[Clip]) -> dict[str, Clip]:
 
 
 def test_registry_names_and_errors(tmp_path: Path) -> None:
-    assert set(ADAPTERS) == {"ravdess", "crema-d"}
-    assert DATASETS == ("ravdess", "crema-d", "sfew-table")
+    # Adapters are data: the stages read what each yields, never its name.
+    assert {name: a.yields for name, a in DATASETS.items()} == {
+        "ravdess": "clips",
+        "crema-d": "clips",
+        "sfew-table": "feature-table",
+    }
+    assert DATASETS["sfew-table"].stored_as.arrays == ("lpq", "phog")
     with pytest.raises(ValueError, match="unknown dataset 'iemocap'.*ravdess, crema-d"):
         list_clips("iemocap", str(tmp_path))
-    with pytest.raises(ValueError, match="read_sfew_table"):
+    with pytest.raises(ValueError, match="yields a feature-table, not clips"):
         list_clips("sfew-table", str(tmp_path))
     missing = tmp_path / "no-such-folder"
     with pytest.raises(FileNotFoundError, match="no-such-folder: no such directory"):

@@ -31,7 +31,7 @@ def clips(task: str):
     return test_task_wang.synthetic_rows(28, signal=1.0)
 
 
-CASES = [(name, variant) for name, task in TASKS.items() for variant in task.VARIANTS]
+CASES = [(name, variant) for name, task in TASKS.items() for variant in task.variants]
 
 
 @pytest.mark.parametrize(("task_name", "variant"), CASES)

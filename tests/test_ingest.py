@@ -71,6 +71,7 @@ def _config(tmp_path: Path, root: Path, *overrides: str) -> RunConfig:
         [
             f"workspace={tmp_path / 'ws'}",
             f"dataset.root={root}",
+            "tasks={emodal: {}, song: {}, wang: {}}",  # what they read is what is ingested
             f"ingest.extractors={EXTRACTORS}",
             *overrides,
         ],
@@ -163,7 +164,7 @@ def test_ingest_cli_exit_status_follows_the_failure_ratio(
         "--workspace",
         str(tmp_path / "ws"),
         f"dataset.root={root}",
-        "ingest.extractors={emodal_audio: {}, emodal_face: {}}",
+        "tasks={emodal: {}}",  # ingests emodal_audio and emodal_face
     ]
     strict = subprocess.run(
         [*command, "ingest.max_failure_ratio=0.2"], capture_output=True, text=True
@@ -196,7 +197,7 @@ def test_ingest_leaves_out_the_song_channel_and_sweeps_count_identical_files_onc
         [
             f"workspace={tmp_path / 'ws'}",
             f"dataset.root={root.parent}",
-            "ingest.extractors={emodal_audio: {}}",
+            "tasks={emodal: {variants: [audio]}}",  # ingests emodal_audio
         ],
     )
     summary = ingest(config, progress=False)

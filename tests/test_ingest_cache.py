@@ -61,7 +61,7 @@ def test_identity_check_reads_no_media_when_warm_and_rehashes_touched_clips(
     overrides = [
         f"workspace={tmp_path / 'ws'}",
         f"dataset.root={root}",
-        "ingest.extractors={emodal_audio: {}}",
+        "tasks={emodal: {variants: [audio]}}",  # ingests emodal_audio
     ]
     config = load_config(None, overrides)
     store = FeatureStore(config.store_uri)

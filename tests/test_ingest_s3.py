@@ -20,7 +20,8 @@ CLIPS = {
     "Actor_01/03-01-05-01-01-01-01.wav": "ravdess/audio/Actor_01/03-01-05-01-01-01-01.wav",
     "Actor_02/03-01-03-02-02-01-02.wav": "ravdess/audio/Actor_02/03-01-03-02-02-01-02.wav",
 }
-EXTRACTORS = "{emodal_audio: {}, emodal_face: {}, song_mfcc: {}}"
+# What these tasks read is what is ingested: emodal_audio, emodal_face, song_mfcc.
+TASKS = "{emodal: {}, song: {variants: [audio]}}"
 
 
 def _rows(store: FeatureStore, name: str) -> pd.DataFrame:
@@ -50,7 +51,7 @@ def test_s3_round_trip_matches_local(shared_data: Path, tmp_path: Path, moto_s3)
                 "store.uri=s3://store/features",
                 f"store.endpoint_url={moto_s3.endpoint_url}",
                 "store.region=us-east-1",
-                f"ingest.extractors={EXTRACTORS}",
+                f"tasks={TASKS}",
             ],
         )
         s3_summary = ingest(s3_config, progress=False)
@@ -59,7 +60,7 @@ def test_s3_round_trip_matches_local(shared_data: Path, tmp_path: Path, moto_s3)
             [
                 f"workspace={tmp_path / 'ws-local'}",
                 f"dataset.root={local_root}",
-                f"ingest.extractors={EXTRACTORS}",
+                f"tasks={TASKS}",
             ],
         )
         local_summary = ingest(local_config, progress=False)

@@ -13,7 +13,7 @@ from tasks import TASKS
 def test_every_task_has_a_valid_space(task: str) -> None:
     space = load_search_space(task)
     assert space.params, f"{task} searches nothing"
-    assert set(space.params) <= set(TASKS[task].DEFAULTS)
+    assert set(space.params) <= set(TASKS[task].defaults)
     for name, distribution in space.distributions().items():
         assert isinstance(distribution, Categorical | Float | Integer), name
 

@@ -79,8 +79,8 @@ def plans_for(
     )
     space = load_search_space("emodal")
     row = VariantResult("emodal", "audio", protocol, "nested", False, len(emodal.CLASSES))
-    base = task_config(config, emodal, "audio", {})
-    searched = searched_knobs(space, emodal, "audio", {})
+    base = task_config(config, emodal.SPEC, "audio", {})
+    searched = searched_knobs(space, emodal.SPEC, "audio", {})
     sweep_dir = sweep_directory(config, resume=False)
     return study_plans(config, row, features, base, searched, space, sweep_dir)
 
@@ -211,19 +211,18 @@ def test_a_failed_trial_resumes_from_its_checkpoint(local_ray: None, tmp_path: P
 
 def test_each_variant_searches_only_the_knobs_it_reads() -> None:
     emodal_space = load_search_space("emodal")
-    audio = searched_knobs(emodal_space, emodal, "audio", {})
+    audio = searched_knobs(emodal_space, emodal.SPEC, "audio", {})
     assert "w_common" not in audio and "conv_channels" not in audio and "lr" in audio
-    assert "w_common" in searched_knobs(emodal_space, emodal, "fused", {})
+    assert "w_common" in searched_knobs(emodal_space, emodal.SPEC, "fused", {})
     song = TASKS["song"]
     video = searched_knobs(load_search_space("song"), song, "video", {})
     assert video and not any(name.startswith("audio_") for name in video)
-    assert "lr" not in searched_knobs(emodal_space, emodal, "audio", {"lr": 1e-3})
+    assert "lr" not in searched_knobs(emodal_space, emodal.SPEC, "audio", {"lr": 1e-3})
     mitseas = TASKS["mitseas"]
     assert searched_knobs(load_search_space("mitseas"), mitseas, "video", {}) == {}
     for task in TASKS.values():
-        assert set(task.VARIANT_KNOBS) == set(task.VARIANTS), task.NAME
-        for variant, knobs in task.VARIANT_KNOBS.items():
-            assert set(knobs) <= set(task.DEFAULTS), (task.NAME, variant)
+        for variant in task.variants.values():
+            assert set(variant.knobs) <= set(task.defaults), task.name
 
 
 @pytest.mark.parametrize("variant", ["audio", "video"])
@@ -241,7 +240,7 @@ def test_knobs_a_variant_does_not_read_change_nothing(variant: str) -> None:
         },
         classes=emodal.CLASSES,
     )
-    base = {**emodal.DEFAULTS, "epochs": 1}
+    base = {**emodal.SPEC.defaults, "epochs": 1}
 
     def predictions(config: dict) -> np.ndarray:
         trainer = emodal.make_trainer(config, variant, clips, seed=0)
@@ -249,7 +248,7 @@ def test_knobs_a_variant_does_not_read_change_nothing(variant: str) -> None:
         return trainer.predict_proba(clips)
 
     reference = predictions(base)
-    unread = set(emodal.DEFAULTS) - set(emodal.VARIANT_KNOBS[variant])
+    unread = set(emodal.SPEC.defaults) - set(emodal.VARIANTS[variant].knobs)
     assert unread
     for knob in sorted(unread):
         value = base[knob]
@@ -311,7 +310,7 @@ def test_the_table_reports_outer_test_numbers_with_their_protocol() -> None:
     independent.outcomes = [outcome(0, 0.6, [0.4, 0.5]), outcome(1, 0.8, [0.3, 0.6])]
     dependent = VariantResult("emodal", "audio", "random-80-20", "nested", True, 4)
     dependent.outcomes = [outcome(0, 0.9, [0.7])]
-    table = ablation_table(emodal, [independent, dependent])
+    table = ablation_table(emodal.SPEC, [independent, dependent])
     first, second = table.to_dict("records")
     assert first["uar"] == 0.45 and first["n"] == 4 and first["folds"] == 2
     assert first["uar_std"] == round(float(np.std([0.4, 0.5, 0.3, 0.6], ddof=1)), 4)
@@ -341,17 +340,17 @@ def test_the_fusion_verdict_reads_the_table() -> None:
 
     rows = [row("audio", [0.40, 0.50, 0.30]), row("video", [0.30, 0.40, 0.45]),
             row("fused", [0.52, 0.62, 0.40])]  # fmt: skip
-    line = fusion_verdict("emodal", ablation_table(emodal, rows))
+    line = fusion_verdict("emodal", ablation_table(emodal.SPEC, rows))
     assert line == (
         "emodal: fused beats audio by +0.11 and video by +0.13 UAR (actor-kfold), in 2 of 3 folds"
     )
     losing = [rows[0], rows[1], row("fused", [0.30, 0.40, 0.40])]
-    line = fusion_verdict("emodal", ablation_table(emodal, losing))
+    line = fusion_verdict("emodal", ablation_table(emodal.SPEC, losing))
     assert line.startswith("emodal: fused does not beat both: audio 0.40, video 0.38, fused 0.37")
     assert line.endswith("fused above both in 0 of 3 folds")
     # Only a speaker-dependent protocol, or no fused row: no verdict.
     dependent = [row(v, [0.5], "random-80-20") for v in ("audio", "video", "fused")]
-    table = ablation_table(emodal, dependent)
+    table = ablation_table(emodal.SPEC, dependent)
     table["speaker_independent"] = False
     assert fusion_verdict("emodal", table) is None
-    assert fusion_verdict("emodal", ablation_table(emodal, rows[:2])) is None
+    assert fusion_verdict("emodal", ablation_table(emodal.SPEC, rows[:2])) is None

@@ -17,8 +17,7 @@ from mlflow.tracking import MlflowClient
 NUM_SAMPLES = 4
 ARGS = [
     "dataset.root={corpus}",
-    "ingest.extractors={{emodal_audio: {{}}}}",
-    "tasks=[{{name: emodal, variants: [audio]}}]",
+    "tasks={{emodal: {{variants: [audio]}}}}",
     "sweep.protocols=[actor-kfold]",
     "sweep.folds=2",
     f"sweep.num_samples={NUM_SAMPLES}",

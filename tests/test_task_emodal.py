@@ -129,7 +129,7 @@ def test_probabilities_have_one_row_per_clip_and_one_column_per_class(variant: s
 
 
 def test_paper_sized_inputs_give_ten_dimensional_features() -> None:
-    config = {**emodal.DEFAULTS, "conv_channels": 2, "fc_width": 8}
+    config = emodal.EmodalKnobs(conv_channels=2, fc_width=8)
     net = emodal.EmodalNet(config, "fused", (128, 128), 68)
     out = net(torch.zeros(3, 128, 128), torch.zeros(3, 68))
     assert out["f_img"].shape == out["f_aud"].shape == (3, 10)
@@ -147,7 +147,7 @@ def test_paper_sized_inputs_give_ten_dimensional_features() -> None:
 @pytest.mark.parametrize("variant", list(emodal.VARIANTS))
 def test_one_optimisation_step_lowers_the_loss_on_a_tiny_batch(variant: str) -> None:
     torch.manual_seed(0)
-    config = {**emodal.DEFAULTS, **SMALL}
+    config = emodal.EmodalKnobs.of(SMALL)
     net = emodal.EmodalNet(config, variant, (32, 32), 68).eval()  # eval: no dropout noise
     clips = synthetic_clips(8)
     faces = torch.as_tensor(np.stack(clips.columns[emodal.FACE]).astype(np.float32) / 255)
@@ -166,14 +166,16 @@ def test_one_optimisation_step_lowers_the_loss_on_a_tiny_batch(variant: str) -> 
 
 def test_the_fused_loss_weighs_its_four_parts() -> None:
     torch.manual_seed(0)
-    config = {**emodal.DEFAULTS, **SMALL}
+    config = emodal.EmodalKnobs.of(SMALL)
     net = emodal.EmodalNet(config, "fused", (32, 32), 68).eval()
     clips = synthetic_clips(8)
     faces = torch.as_tensor(np.stack(clips.columns[emodal.FACE]).astype(np.float32) / 255)
     audio = torch.as_tensor(np.stack(clips.columns[emodal.AUDIO]))
     outputs = net(faces, audio)
     weights = {"w_common": 0.3, "w_cls": 2.0, "w_img": 0.5, "w_aud": 0.25}
-    loss, parts = emodal.emodal_loss(outputs, torch.as_tensor(clips.labels), {**config, **weights})
+    loss, parts = emodal.emodal_loss(
+        outputs, torch.as_tensor(clips.labels), config.replace(**weights)
+    )
     expected = (
         -0.3 * parts["soft_hgr"]
         + 2.0 * parts["ce_fused"]
@@ -228,7 +230,7 @@ def test_an_unknown_variant_lists_the_allowed_ones() -> None:
 
 
 def test_an_unknown_knob_is_named() -> None:
-    with pytest.raises(ValueError, match="'warp_factor'"):
+    with pytest.raises(ValueError, match="emodal.warp_factor: unknown knob"):
         emodal.make_trainer({"warp_factor": 9}, "audio", synthetic_clips(8), seed=0)
 
 
@@ -264,16 +266,16 @@ def test_a_missing_column_is_named() -> None:
 def test_the_task_follows_the_contract() -> None:
     assert emodal.NAME == "emodal"
     assert set(emodal.CLASSES) == {"angry", "happy", "sad", "neutral"}
-    assert {result.variant for result in emodal.PAPER_RESULTS} == set(emodal.VARIANTS)
+    assert {result.variant for result in emodal.PAPER_RESULTS} == set(emodal.SPEC.variants)
     assert all(
         result.protocol == emodal.PAPER_PROTOCOL == "random-80-20"
         for result in emodal.PAPER_RESULTS
     )
-    assert emodal.DEFAULTS["feature_size"] == 10
+    assert emodal.SPEC.defaults["feature_size"] == 10
 
 
 def test_the_search_space_searches_the_loss_weights_and_feature_size() -> None:
     space = load_search_space("emodal")
     assert {"w_common", "w_img", "w_aud", "feature_size"} <= set(space.params)
     raw = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "emodal.yaml").read_text())
-    assert set(raw["params"]) <= set(emodal.DEFAULTS)
+    assert set(raw["params"]) <= set(emodal.SPEC.defaults)

@@ -306,6 +306,10 @@ def test_the_same_seed_gives_the_same_result(variant: str) -> None:
 def test_both_models_learn_separable_rows(variant: str) -> None:
     rows = synthetic_rows(70, signal=4.0)
     config = {**SMALL, "epochs": 40, "hidden_units": 16}
+    if variant.startswith("cnn"):
+        # The CNN at the default width and lr 3e-3: with 4 channels and lr 1e-2 some seeds
+        # collapse to one class (measured over seeds 0-5: UAR 0.91-0.99 here).
+        config.update(cnn_channels=16, lr=3e-3)
     trainer = wang.make_trainer(config, variant, rows, seed=0)
     for _ in range(config["epochs"]):
         trainer.fit_epoch()
@@ -322,9 +326,9 @@ def test_an_unknown_variant_lists_the_allowed_ones() -> None:
 
 
 def test_an_unknown_knob_and_a_bad_centring_are_named() -> None:
-    with pytest.raises(ValueError, match="'hidden_layers'"):
+    with pytest.raises(ValueError, match="wang.hidden_layers: unknown knob"):
         wang.make_trainer({"hidden_layers": 2}, "shallow-lpq", synthetic_rows(14), seed=0)
-    with pytest.raises(ValueError, match="activation_centring 'median'"):
+    with pytest.raises(ValueError, match="wang.activation_centring: must be one of raw, half"):
         wang.make_trainer({"activation_centring": "median"}, "shallow-lpq", synthetic_rows(14), 0)
 
 
@@ -343,9 +347,8 @@ def test_the_task_follows_the_contract() -> None:
     assert len(wang.CLASSES) == 7
     assert {result.variant for result in wang.PAPER_RESULTS} == set(wang.VARIANTS)
     assert {result.metric for result in wang.PAPER_RESULTS} == {"uar"}
-    assert set(wang.VARIANT_DEFAULTS) <= set(wang.VARIANTS)
-    for overrides in wang.VARIANT_DEFAULTS.values():
-        assert set(overrides) <= set(wang.DEFAULTS)
+    assert wang.SPEC.config("shallow-lpq").epochs == 200  # the paper's shallow-net length
+    assert wang.SPEC.config("cnn-lpq").epochs == 30
 
 
 def test_the_search_space_covers_the_papers_angle_and_hidden_unit_ranges() -> None:
@@ -392,7 +395,11 @@ def test_the_papers_five_rows_on_the_real_sfew_table(shared_data: Path) -> None:
     paper = {result.variant: result.value for result in wang.PAPER_RESULTS}
     lines = []
     for variant in wang.VARIANTS:
-        config = {**wang.DEFAULTS, **wang.VARIANT_DEFAULTS.get(variant, {}), **SFEW_TUNED[variant]}
+        config = {
+            **wang.SPEC.defaults,
+            **wang.VARIANT_DEFAULTS.get(variant, {}),
+            **SFEW_TUNED[variant],
+        }
         uar, accuracy = [], []
         for train, test in folds:
             trainer = wang.make_trainer(config, variant, rows.subset(train), seed=0)

@@ -138,7 +138,7 @@ def test_a_report_reads_back_a_table_with_a_row_that_was_not_swept(tmp_path: Pat
     from tasks import emodal
 
     row = VariantResult("emodal", "audio", "actor-kfold", "nested", False, 4, error="no clips")
-    table = ablation_table(emodal, [row])
+    table = ablation_table(emodal.SPEC, [row])
     tracking = sqlite_tracker(tmp_path)
     tracking.log(RunRecord(key="s|emodal", name="emodal sweep",
                            tags={"kind": "sweep", "task": "emodal", "sweep_dir": "s"},

@@ -1,51 +1,54 @@
-"""Dataset adapters: a plain name -> listing-function registry.
+"""Dataset adapters, described as data: a plain name -> ``DatasetAdapter`` registry.
 
-``ADAPTERS`` maps a dataset name to a function
-``(root, storage_options, vocal_channel) -> ClipListing`` that lists the labelled clips under
-a local folder or ``s3://bucket/prefix`` (``vocal_channel``, ``dataset.vocal_channel``, is
-RAVDESS's speech/song choice; adapters of datasets without one ignore it). ``DATASETS``
-is every dataset the project knows, including ``sfew-table``: a table of precomputed
-features rather than media, read with :func:`read_sfew_table` instead of listed as clips.
+Each adapter says what it yields: ``"clips"`` (RAVDESS, CREMA-D: its ``list_clips`` lists
+the labelled clips under a local folder or ``s3://bucket/prefix``, for ingest to decode) or
+``"feature-table"`` (the SFEW spreadsheet: its ``read_table`` reads features computed
+elsewhere, stored under the extractor key ``stored_as`` names). The stages branch on
+``yields``; everything dataset-specific lives in the adapter's module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
-from orchestrate.datasets.base import Clip, ClipListing, RejectedFile
-from orchestrate.datasets.crema_d import list_crema_d
-from orchestrate.datasets.ravdess import list_ravdess
+from orchestrate.datasets import crema_d, ravdess, sfew_table
+from orchestrate.datasets.base import (
+    Clip,
+    ClipLister,
+    ClipListing,
+    DatasetAdapter,
+    FeatureTable,
+    RejectedFile,
+    StoredAs,
+)
 from orchestrate.datasets.sfew_table import SfewTable, read_sfew_table
+from orchestrate.errors import InputError
 
-
-class ClipLister(Protocol):
-    """A dataset adapter's listing function."""
-
-    def __call__(
-        self,
-        root: str,
-        storage_options: Mapping[str, str] | None = None,
-        vocal_channel: str = "speech",
-    ) -> ClipListing: ...
-
-
-ADAPTERS: dict[str, ClipLister] = {
-    "ravdess": list_ravdess,
-    "crema-d": list_crema_d,
+DATASETS: dict[str, DatasetAdapter] = {
+    adapter.name: adapter for adapter in (ravdess.ADAPTER, crema_d.ADAPTER, sfew_table.ADAPTER)
 }
-DATASETS: tuple[str, ...] = ("ravdess", "crema-d", "sfew-table")
 
 __all__ = [
-    "ADAPTERS",
     "DATASETS",
     "Clip",
+    "ClipLister",
     "ClipListing",
+    "DatasetAdapter",
+    "FeatureTable",
     "RejectedFile",
     "SfewTable",
+    "StoredAs",
+    "dataset_adapter",
     "list_clips",
     "read_sfew_table",
 ]
+
+
+def dataset_adapter(dataset: str) -> DatasetAdapter:
+    """The adapter called ``dataset``; InputError naming the known ones otherwise."""
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    return DATASETS[dataset]
 
 
 def list_clips(
@@ -59,16 +62,14 @@ def list_clips(
     ``vocal_channel`` (``speech``, ``song`` or ``all``) selects RAVDESS's channel; datasets
     without one ignore it.
 
-    Raises ValueError for a name not in ``ADAPTERS`` (``sfew-table`` included: it has no
-    clips) and FileNotFoundError when ``root`` does not exist.
+    Raises InputError for an unknown dataset or one that yields no clips (a feature
+    table), and MissingInput when ``root`` does not exist.
     """
-    if dataset == "sfew-table":
-        raise ValueError(
-            "dataset 'sfew-table' is a feature table, not clips: read it with read_sfew_table"
+    adapter = dataset_adapter(dataset)
+    if adapter.list_clips is None:
+        clip_datasets = [name for name, a in DATASETS.items() if a.yields == "clips"]
+        raise InputError(
+            f"dataset {dataset!r} yields a {adapter.yields}, not clips "
+            f"(clip datasets: {', '.join(clip_datasets)})"
         )
-    if dataset not in ADAPTERS:
-        raise ValueError(
-            f"unknown dataset {dataset!r}; clip datasets are: {', '.join(ADAPTERS)} "
-            f"(all datasets: {', '.join(DATASETS)})"
-        )
-    return ADAPTERS[dataset](root, storage_options, vocal_channel=vocal_channel)
+    return adapter.list_clips(root, storage_options, vocal_channel=vocal_channel)

@@ -1,8 +1,16 @@
-"""What a dataset adapter hands to the ingest stage: clips with labels and actors."""
+"""What a dataset adapter is and what it hands to the ingest stage.
+
+An adapter is described as data (``DatasetAdapter``): its name, what it yields — clips to
+decode (``"clips"``: a ``ClipListing``) or a table of features computed elsewhere
+(``"feature-table"``: rows of arrays, stored under the extractor key they stand for) —
+and the function that produces them. The stages branch on ``yields``, never on a name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -61,3 +69,61 @@ def split_file_name(uri: str) -> tuple[str, str, str]:
     if not dot:
         return name, name, ""
     return name, stem, "." + extension.lower()
+
+
+class ClipLister(Protocol):
+    """A clip adapter's listing function."""
+
+    def __call__(
+        self,
+        root: str,
+        storage_options: Mapping[str, str] | None = None,
+        vocal_channel: str = "speech",
+    ) -> ClipListing: ...
+
+
+@dataclass
+class FeatureTable:
+    """What a feature-table adapter reads: one row per clip, features computed elsewhere.
+
+    ``rows`` has ``clip_id``, ``label`` (canonical emotion name), ``group`` (the actor or
+    other unit folds keep together) and one column per array named in the adapter's
+    ``StoredAs.arrays`` (a float32 array per row); ``rejected`` are rows left out, with why.
+    """
+
+    uri: str
+    rows: Any  # pandas.DataFrame
+    rejected: list[RejectedFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredAs:
+    """The extractor key a feature table's rows are stored under, and the arrays it holds.
+
+    Tasks read ``"<extractor>.<array>"`` columns: a table of, say, Wang's published LPQ
+    and PHOG components stands in for the ``wang_texture`` extractor, under a version of
+    its own so it never mixes with features computed from media.
+    """
+
+    extractor: str
+    version: str
+    param_hash: str
+    arrays: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetAdapter:
+    """A dataset the project reads, described by what it yields."""
+
+    name: str
+    yields: Literal["clips", "feature-table"]
+    description: str
+    list_clips: ClipLister | None = None  # yields "clips"
+    read_table: Callable[[str, Mapping[str, str] | None], FeatureTable] | None = None
+    stored_as: StoredAs | None = None  # yields "feature-table"
+
+    def __post_init__(self) -> None:
+        clips = self.yields == "clips" and self.list_clips is not None
+        table = self.yields == "feature-table" and None not in (self.read_table, self.stored_as)
+        if not (clips or table):
+            raise TypeError(f"dataset adapter {self.name}: nothing to read what it yields")

@@ -28,6 +28,7 @@ from orchestrate.datasets.base import (
     MEDIA_EXTENSIONS,
     Clip,
     ClipListing,
+    DatasetAdapter,
     RejectedFile,
     split_file_name,
 )
@@ -158,3 +159,11 @@ def list_crema_d(
     listing.clips.sort(key=lambda clip: clip.clip_id)
     listing.rejected.sort(key=lambda rejected: rejected.uri)
     return listing
+
+
+ADAPTER = DatasetAdapter(
+    name="crema-d",
+    yields="clips",
+    description="CREMA-D: AAAA_SSS_EEE_II clips (VideoFlash/ and AudioWAV/)",
+    list_clips=list_crema_d,
+)

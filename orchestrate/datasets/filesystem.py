@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from orchestrate.errors import InputError, MissingInput
+
 STORAGE_OPTION_KEYS = ("endpoint_url", "region")
 
 # 1 MiB: large enough that hashing a clip is not dominated by per-read overhead on S3.
@@ -54,7 +56,7 @@ def _s3_filesystem(storage_options: Mapping[str, str]) -> pafs.S3FileSystem:
     if endpoint_url:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-            raise ValueError(
+            raise InputError(
                 f"storage_options.endpoint_url: {endpoint_url!r} is not http(s)://host[:port]"
             )
         endpoint_override = parts.netloc
@@ -78,22 +80,22 @@ def resolve_filesystem(
     options = dict(storage_options or {})
     unknown = sorted(set(options) - set(STORAGE_OPTION_KEYS))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"storage_options: unknown key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(STORAGE_OPTION_KEYS)} (credentials come from the AWS chain)"
         )
     if not uri:
-        raise ValueError("empty path or URI")
+        raise InputError("empty path or URI")
     if is_s3_uri(uri):
         path = uri[len("s3://") :].rstrip("/")
         if not path or path.startswith("/"):
-            raise ValueError(f"{uri}: an S3 URI needs a bucket, as in s3://bucket/prefix")
+            raise InputError(f"{uri}: an S3 URI needs a bucket, as in s3://bucket/prefix")
         return _s3_filesystem(options), path
     if uri.startswith("file://"):
         filesystem, path = pafs.FileSystem.from_uri(uri)
         return filesystem, path
     if "://" in uri:
-        raise ValueError(f"{uri}: only local paths, file:// and s3:// URIs are supported")
+        raise InputError(f"{uri}: only local paths, file:// and s3:// URIs are supported")
     # abspath, not resolve(): symlinked data directories keep the name the user gave.
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
@@ -113,7 +115,7 @@ def list_files(root: str, storage_options: Mapping[str, str] | None = None) -> l
     filesystem, path = resolve_filesystem(root, storage_options)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise MissingInput(f"{root}: no such directory")
     if info.type != pafs.FileType.Directory:
         raise NotADirectoryError(f"{root}: is a file, expected a directory of clips")
     selector = pafs.FileSelector(path, recursive=True)
@@ -132,7 +134,7 @@ def _check_file(filesystem: pafs.FileSystem, path: str, uri: str) -> None:
     # Ask first so that a missing S3 object reads as FileNotFoundError, like a local one.
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{uri}: no such file")
+        raise MissingInput(f"{uri}: no such file")
     if info.type != pafs.FileType.File:
         raise IsADirectoryError(f"{uri}: is a directory, expected a file")
 

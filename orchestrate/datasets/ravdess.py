@@ -40,6 +40,7 @@ from orchestrate.datasets.base import (
     VIDEO_EXTENSIONS,
     Clip,
     ClipListing,
+    DatasetAdapter,
     RejectedFile,
     split_file_name,
 )
@@ -225,3 +226,11 @@ def _recording_clip(
         return _clip(split_file_name(video[0])[1], video[1], video[0], None)
     assert audio is not None  # a recording has at least one file
     return _clip(split_file_name(audio[0])[1], audio[1], None, audio[0])
+
+
+ADAPTER = DatasetAdapter(
+    name="ravdess",
+    yields="clips",
+    description="RAVDESS: Actor_NN/ folders of MM-VV-EE-II-SS-RR-AA clips (video, audio or both)",
+    list_clips=list_ravdess,
+)

@@ -24,7 +24,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
@@ -33,8 +33,9 @@ import openpyxl
 import pandas as pd
 from openpyxl.utils.exceptions import InvalidFileException
 
-from orchestrate.datasets.base import RejectedFile
+from orchestrate.datasets.base import DatasetAdapter, FeatureTable, RejectedFile, StoredAs
 from orchestrate.datasets.filesystem import read_bytes
+from orchestrate.errors import InputError
 
 SFEW_LABELS: dict[int, str] = {
     1: "angry",
@@ -55,16 +56,12 @@ _IMAGE_NAME = re.compile(r"(?P<movie>.+?)[_-]+(?P<timestamp>\d+)_+(?P<frame>\d+)
 
 
 @dataclass
-class SfewTable:
+class SfewTable(FeatureTable):
     """The usable rows of an SFEW feature table and the rows that were rejected.
 
     ``rows`` has the columns ``clip_id``, ``label`` (canonical emotion name), ``group``
     (movie), ``lpq`` and ``phog`` (each a float32 array of 5 components), in file order.
     """
-
-    uri: str
-    rows: pd.DataFrame
-    rejected: list[RejectedFile] = field(default_factory=list)
 
     def feature_matrices(self) -> tuple[np.ndarray, np.ndarray]:
         """``(lpq, phog)``: two float32 matrices of shape (rows, 5), in row order."""
@@ -85,7 +82,7 @@ def _check_header(uri: str, header: Sequence[Any]) -> None:
         found = ", ".join(
             f"{chr(ord('A') + i)}={_one_line(cell)[:40]!r}" for i, cell in enumerate(header[:12])
         )
-        raise ValueError(
+        raise InputError(
             f"{uri}: not the SFEW.xlsx layout (header row needs 'label' in B, an LPQ heading "
             f"in C and a PHOG heading in H, then 12 columns: image, label, 5 LPQ, 5 PHOG); "
             f"found {found}"
@@ -128,7 +125,7 @@ def _read_sheet(uri: str, storage_options: Mapping[str, str] | None) -> list[tup
             workbook = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
         except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as error:
             message = _one_line(error)
-            raise ValueError(f"{uri}: not a readable .xlsx workbook ({message})") from None
+            raise InputError(f"{uri}: not a readable .xlsx workbook ({message})") from None
         try:
             return list(workbook.worksheets[0].iter_rows(values_only=True))
         finally:
@@ -144,7 +141,7 @@ def read_sfew_table(uri: str, storage_options: Mapping[str, str] | None = None) 
     """
     sheet = _read_sheet(uri, storage_options)
     if not sheet:
-        raise ValueError(f"{uri}: the first sheet is empty, expected the SFEW.xlsx layout")
+        raise InputError(f"{uri}: the first sheet is empty, expected the SFEW.xlsx layout")
     _check_header(uri, sheet[0])
 
     accepted: list[tuple[int, dict[str, Any]]] = []
@@ -241,3 +238,13 @@ def _rejected_row(uri: str, row_number: int, clip_id: str, problems: list[str]) 
     return RejectedFile(
         uri=f"{uri}#row {row_number}", reason=f"row {row_number} ({name}): {'; '.join(problems)}"
     )
+
+
+ADAPTER = DatasetAdapter(
+    name="sfew-table",
+    yields="feature-table",
+    description="SFEW.xlsx: Wang et al.'s 5 LPQ + 5 PHOG principal components per still",
+    read_table=read_sfew_table,
+    # Stands in for the wang_texture extractor's lpq/phog columns, under its own version.
+    stored_as=StoredAs("wang_texture", "sfew-table-1", "published-pca", ("lpq", "phog")),
+)

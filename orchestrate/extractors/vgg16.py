@@ -19,6 +19,8 @@ from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 from torchvision.transforms.functional import normalize
 
+from orchestrate.errors import InputError
+
 # torchvision's ImageNet preprocessing statistics (RGB, on [0, 1] inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,7 +30,7 @@ MIN_CROP_SIDE = 32
 RANDOM_INIT_SEED = 0
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """Network weights cannot be loaded; the message is the one-line reason."""
 
 

@@ -50,7 +50,7 @@ import ray
 
 from orchestrate.config import RunConfig
 from orchestrate.console import progress_bar
-from orchestrate.datasets import list_clips
+from orchestrate.datasets import DatasetAdapter, StoredAs, dataset_adapter, list_clips
 from orchestrate.datasets.base import Clip
 from orchestrate.datasets.filesystem import (
     content_hash,
@@ -58,6 +58,7 @@ from orchestrate.datasets.filesystem import (
     hashed_local_copy,
     is_s3_uri,
 )
+from orchestrate.errors import InputError
 from orchestrate.extractors import EXTRACTORS, build_extractor
 from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
 from orchestrate.store import (
@@ -69,8 +70,6 @@ from orchestrate.store import (
     row_schema,
 )
 from tasks import TASKS
-
-SFEW_TABLE_KEY = ExtractorKey("wang_texture", "sfew-table-1", "published-pca")
 
 
 @dataclass
@@ -120,18 +119,21 @@ class IngestSummary:
 
 
 def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
-    """The extractors to run: those the config names, else every one the run's tasks read."""
-    if config.ingest.extractors:
-        return dict(config.ingest.extractors)
+    """The extractors to run: every one the run's tasks read, then any other the config names.
+
+    Each with the config's parameters for it (``ingest.extractors.<name>``) over its paper
+    defaults: naming one extractor's parameters never drops the others.
+    """
     names: list[str] = []
     for run in config.task_runs():
         task = TASKS[run.name]
-        for variant in run.variants or task.VARIANTS:
-            for column in task.VARIANTS[variant]:
+        for variant in run.variants:
+            for column in task.variant(variant).columns:
                 extractor = column.split(".", 1)[0]
                 if extractor in EXTRACTORS and extractor not in names:
                     names.append(extractor)
-    return {name: {} for name in names}
+    names += [name for name in config.ingest.extractors if name not in names]
+    return {name: dict(config.ingest.extractors.get(name) or {}) for name in names}
 
 
 def extractor_key(extractor: Extractor) -> ExtractorKey:
@@ -141,7 +143,7 @@ def extractor_key(extractor: Extractor) -> ExtractorKey:
 def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     """Fill the feature store for the config's dataset; returns the summary."""
     if config.dataset.root is None:
-        raise ValueError("dataset.root: give the dataset's directory, s3:// prefix or table file")
+        raise InputError("dataset.root: give the dataset's directory, s3:// prefix or table file")
     context = ray.data.DataContext.get_current()
     # One bar of our own (clips ingested, orchestrate.console) instead of Ray Data's per
     # operator bars, which on a pipe become a block of log lines every few seconds.
@@ -151,8 +153,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     context.actor_task_retry_on_errors = [TransientReadError]
 
     store = FeatureStore(config.store_uri, config.storage_options)
-    if config.dataset.name == "sfew-table":
-        return _ingest_sfew_table(config, store)
+    adapter = dataset_adapter(config.dataset.name)
+    if adapter.yields == "feature-table":
+        return _ingest_feature_table(config, store, adapter)
 
     started = time.perf_counter()
     root = config.dataset.root
@@ -639,42 +642,54 @@ def _summarise(
     )
 
 
-def _ingest_sfew_table(config: RunConfig, store: FeatureStore) -> IngestSummary:
-    """The SFEW table already holds Wang's features: store them under their own key."""
-    from orchestrate.datasets.sfew_table import read_sfew_table
+def table_key(stored_as: StoredAs) -> ExtractorKey:
+    """The store key of a feature table's rows (its own version: never mixed with media's)."""
+    return ExtractorKey(stored_as.extractor, stored_as.version, stored_as.param_hash)
 
+
+def _ingest_feature_table(
+    config: RunConfig, store: FeatureStore, adapter: DatasetAdapter
+) -> IngestSummary:
+    """A feature table already holds an extractor's features: store them under their key.
+
+    Each row's content hash is derived from the table file's hash and the clip id, so a
+    changed table is a new set of rows; rows go through the store's one row schema.
+    """
+    assert adapter.read_table is not None and adapter.stored_as is not None
     started = time.perf_counter()
-    table = read_sfew_table(config.dataset.root, config.storage_options)
-    root_hash = content_hash(config.dataset.root, config.storage_options)
+    root = config.dataset.root
+    table = adapter.read_table(root, config.storage_options)
+    root_hash = content_hash(root, config.storage_options)
     rows = table.rows.copy()
-    rows["dataset"] = "sfew-table"
+    rows["dataset"] = adapter.name
     rows["actor"] = rows["group"]
-    rows["source_uri"] = [f"{config.dataset.root}#{clip_id}" for clip_id in rows["clip_id"]]
+    rows["source_uri"] = [f"{root}#{clip_id}" for clip_id in rows["clip_id"]]
     rows["content_hash"] = [
         hashlib.sha256(f"{root_hash}:{clip_id}".encode()).hexdigest() for clip_id in rows["clip_id"]
     ]
-    store.write_manifest("sfew-table", config.dataset.root, rows)
-    cached = store.cached_hashes(SFEW_TABLE_KEY)
-    todo = rows[~rows["content_hash"].isin(cached)]
+    store.write_manifest(adapter.name, root, rows)
+    key = table_key(adapter.stored_as)
+    arrays = adapter.stored_as.arrays
+    todo = rows[~rows["content_hash"].isin(store.cached_hashes(key))]
     if len(todo):
-        records = [
-            {
-                **{name: row[name] for name in CLIP_COLUMNS},
-                "extractor": SFEW_TABLE_KEY.name,
-                "version": SFEW_TABLE_KEY.version,
-                "param_hash": SFEW_TABLE_KEY.param_hash,
-                "status": "ok",
-                "reason": "",
-                **encode_arrays({"lpq": row["lpq"], "phog": row["phog"]}, ("lpq", "phog")),
-            }
+        columns: dict[str, list[Any]] = {name: list(todo[name]) for name in CLIP_COLUMNS}
+        columns.update(
+            extractor=[key.name] * len(todo),
+            version=[key.version] * len(todo),
+            param_hash=[key.param_hash] * len(todo),
+            status=["ok"] * len(todo),
+            reason=[""] * len(todo),
+        )
+        encoded = [
+            encode_arrays({name: row[name] for name in arrays}, arrays)
             for row in todo.to_dict("records")
         ]
-        ray.data.from_items(records, override_num_blocks=1).write_parquet(
-            store.path(SFEW_TABLE_KEY.directory), filesystem=store.filesystem
-        )
+        for name in (*arrays, *(array + SHAPE_SUFFIX for array in arrays)):
+            columns[name] = [row[name] for row in encoded]
+        store.write_rows(key, pa.Table.from_pydict(columns, schema=row_schema(arrays)))
     rejected = [(r.uri, r.reason) for r in table.rejected]
     return IngestSummary(
-        dataset="sfew-table",
+        dataset=adapter.name,
         clips=len(rows),
         computed=len(todo),
         ok=len(rows),

@@ -19,7 +19,6 @@ import html
 import json
 import warnings
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import matplotlib
 
@@ -34,6 +33,7 @@ from orchestrate.protocols import ACTOR_PROTOCOLS
 from orchestrate.stages.sweep import StudyOutcome, VariantResult
 from orchestrate.stages.trials import METRICS, read_exported
 from orchestrate.tracking import DatasetRef, ModelRef, RunRecord
+from tasks.common import TaskSpec
 
 # Rebuilding each study for its plots would log "A new study created" once per fold.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,7 +43,7 @@ METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "macro_f1": "macro-F1"}
 PAPER_METRIC = {"average_per_class_accuracy": "uar"}
 
 
-def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFrame:
+def ablation_table(task: TaskSpec, results: list[VariantResult]) -> pd.DataFrame:
     """One row per variant x protocol: outer-test numbers no search saw, beside the paper's.
 
     Per metric: mean, sample std and a 95% t-interval over outer folds x seeds; the chosen
@@ -76,7 +76,7 @@ def ablation_table(task: ModuleType, results: list[VariantResult]) -> pd.DataFra
         row["chosen_configs"] = json.dumps(
             [_plain(config) for config in result.chosen_configs], sort_keys=True
         )
-        paper = [p for p in task.PAPER_RESULTS if p.variant == result.variant]
+        paper = [p for p in task.paper_results if p.variant == result.variant]
         row["paper"] = "; ".join(
             f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper
         )
@@ -569,21 +569,21 @@ def parent_open_record(
 
 
 def parent_close_record(
-    context: SweepContext, task: ModuleType, results: list[VariantResult], table: pd.DataFrame
+    context: SweepContext, task: TaskSpec, results: list[VariantResult], table: pd.DataFrame
 ) -> RunRecord:
     """The parent's table, metrics, figures and best models; the run is finished with it."""
     markdown = table_markdown(table)
     record = RunRecord(
-        key=context.parent_key(task.NAME),
-        name=f"{task.NAME} sweep",
+        key=context.parent_key(task.name),
+        name=f"{task.name} sweep",
         texts={
-            f"ablation/{task.NAME}.md": markdown,
-            f"ablation/{task.NAME}.html": table_html(f"{task.NAME} ablation", table),
+            f"ablation/{task.name}.md": markdown,
+            f"ablation/{task.name}.html": table_html(f"{task.name} ablation", table),
         },
-        tables={f"ablation/{task.NAME}.json": table},
+        tables={f"ablation/{task.name}.json": table},
         figures={
-            f"ablation/{task.NAME}.png": ablation_figure(task.NAME, table),
-            f"ablation/{task.NAME}-recall.png": recall_figure(task.NAME, results, task.CLASSES),
+            f"ablation/{task.name}.png": ablation_figure(task.name, table),
+            f"ablation/{task.name}-recall.png": recall_figure(task.name, results, task.classes),
         },
         status="FINISHED",
     )
@@ -606,9 +606,9 @@ def parent_close_record(
             {o.plan_name: _plain(o.chosen_config) for o in result.outcomes}, indent=1
         )
         record.figures[f"confusion/{row_name}.png"] = confusion_figure(
-            f"{task.NAME} {result.variant} ({result.protocol}), outer test, pooled",
+            f"{task.name} {result.variant} ({result.protocol}), outer test, pooled",
             result.confusion,
-            task.CLASSES,
+            task.classes,
         )
         if result.left_out:
             lines = "\n".join(f"{clip}: {reason}" for clip, reason in result.left_out)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrate.errors import InputError
 from orchestrate.stages.report import (
     TABLE_CSS,
     summary_markdown,
@@ -68,7 +69,7 @@ def read_sweep(tracking: Tracker, sweep_dir: str | None = None) -> SweepReport:
         max_results=500,
     )
     if not parents:
-        raise ValueError(
+        raise InputError(
             f"experiment {tracking.experiment!r} at {tracking.uri} has no sweep runs yet"
             + (
                 f" ({len(tracking.pending())} runs wait in {tracking.spool})"

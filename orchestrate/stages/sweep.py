@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrate.config import RunConfig
 from orchestrate.console import progress_bar, route_logs, routed_log, say
 from orchestrate.datasets.filesystem import resolve_filesystem
+from orchestrate.errors import InputError
 from orchestrate.features import feature_source
 from orchestrate.protocols import make_folds, validation_splits
 from orchestrate.search_spaces import SearchSpace, load_search_space
@@ -57,7 +57,7 @@ from orchestrate.stages.trials import (
     train_trial,
 )
 from tasks import TASKS
-from tasks.common import FeatureSet
+from tasks.common import FeatureSet, TaskSpec
 
 
 class VariantFailed(RuntimeError):
@@ -375,22 +375,21 @@ def _trial_record(result: Any) -> TrialRecord:
 
 
 def task_config(
-    config: RunConfig, task: ModuleType, variant: str, overrides: dict[str, Any]
+    config: RunConfig, task: TaskSpec, variant: str, overrides: dict[str, Any]
 ) -> dict[str, Any]:
-    """DEFAULTS, the variant's own defaults, the run's overrides; epochs capped for quick runs."""
-    variant_defaults = getattr(task, "VARIANT_DEFAULTS", {}).get(variant, {})
-    merged = {**task.DEFAULTS, **variant_defaults, **overrides}
+    """The variant's knobs (defaults, its own, the run's); epochs capped for quick runs."""
+    knobs = task.config(variant, overrides)
     if config.sweep.max_epochs is not None:
-        merged["epochs"] = min(int(merged["epochs"]), config.sweep.max_epochs)
-    return merged
+        knobs = knobs.replace(epochs=min(knobs.epochs, config.sweep.max_epochs))
+    return knobs.as_dict()
 
 
-def paper_protocol(task: ModuleType, variant: str) -> str:
-    """The protocol the paper evaluated ``variant`` under (per variant where the paper's is)."""
-    return getattr(task, "VARIANT_PROTOCOLS", {}).get(variant, task.PAPER_PROTOCOL)
+def paper_protocol(task: TaskSpec, variant: str) -> str:
+    """The protocol the paper evaluated ``variant`` under."""
+    return task.variant(variant).paper_protocol
 
 
-def protocols_for(config: RunConfig, task: ModuleType, variant: str) -> list[tuple[str, bool]]:
+def protocols_for(config: RunConfig, task: TaskSpec, variant: str) -> list[tuple[str, bool]]:
     """``(protocol, is the paper's)`` for each of the run's protocols, resolved and deduplicated."""
     paper = paper_protocol(task, variant)
     resolved: dict[str, bool] = {}
@@ -414,22 +413,22 @@ def random_weights_note(config: RunConfig, keys: dict[str, Any]) -> str:
     return f"random weights: {', '.join(random)}" if random else ""
 
 
-def variant_modality(config: RunConfig, task: ModuleType, variant: str) -> str:
+def variant_modality(config: RunConfig, task: TaskSpec, variant: str) -> str:
     """``fused`` when a variant reads audio and video extractors, else the one it reads."""
     from orchestrate.extractors import EXTRACTORS
 
     modalities = {
         getattr(EXTRACTORS.get(column.split(".", 1)[0]), "modality", "video")
-        for column in task.VARIANTS[variant]
+        for column in task.variant(variant).columns
     }
     return "fused" if len(modalities) > 1 else modalities.pop()
 
 
 def searched_knobs(
-    space: SearchSpace, task: ModuleType, variant: str, overrides: dict[str, Any]
+    space: SearchSpace, task: TaskSpec, variant: str, overrides: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
     """The search space entries a variant reads, less the knobs the run fixed by hand."""
-    reads = getattr(task, "VARIANT_KNOBS", {}).get(variant, tuple(task.DEFAULTS))
+    reads = task.variant(variant).knobs
     return {
         name: spec for name, spec in space.params.items() if name in reads and name not in overrides
     }
@@ -458,7 +457,7 @@ def plan_task(
         protocols = protocols_for(config, task, variant)
         rows = [
             VariantResult(
-                task_name, variant, p, config.sweep.selection, is_paper, len(task.CLASSES)
+                task_name, variant, p, config.sweep.selection, is_paper, len(task.classes)
             )
             for p, is_paper in protocols
         ]
@@ -479,7 +478,7 @@ def plan_task(
                 row.error = _one_line(error)
             continue
         clips = [
-            (clip_id, str(actor), task.CLASSES[label])
+            (clip_id, str(actor), task.classes[label])
             for clip_id, actor, label in zip(
                 features.clip_ids, features.actors, features.labels, strict=True
             )
@@ -711,7 +710,7 @@ def sweep_directory(config: RunConfig, resume: bool) -> str:
             if info.type == pyarrow.fs.FileType.Directory
         )
         if not found:
-            raise ValueError(f"--resume: no earlier sweep under {base}")
+            raise InputError(f"--resume: no earlier sweep under {base}")
         return f"{base}/{found[-1]}"
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     name = stamp

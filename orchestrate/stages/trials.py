@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import ray
 from ray import tune
 
 from tasks import TASKS
-from tasks.common import FeatureSet, Metrics, evaluate
+from tasks.common import FeatureSet, Metrics, TaskSpec, evaluate
 
 METRICS = ("accuracy", "uar", "macro_f1")
 # Fault injection for the resume tests: the first trial to finish epoch 2 while this names
@@ -53,7 +52,7 @@ class FinalModel:
 
 
 def train_on_splits(
-    task: ModuleType,
+    task: TaskSpec,
     config: dict[str, Any],
     variant: str,
     features: FeatureSet,
@@ -69,10 +68,11 @@ def train_on_splits(
     evaluation-split metrics and the seconds spent training and evaluating this epoch.
     """
     pairs = [(features.by_ids(train), features.by_ids(held)) for train, held in splits]
+    knobs = task.knobs.of(config)
     if trainers is None:
-        trainers = [task.make_trainer(config, variant, train, seed) for train, _ in pairs]
-    n_classes = len(task.CLASSES)
-    for epoch in range(start_epoch + 1, int(config["epochs"]) + 1):
+        trainers = [task.make_trainer(knobs, variant, train, seed) for train, _ in pairs]
+    n_classes = len(task.classes)
+    for epoch in range(start_epoch + 1, knobs.epochs + 1):
         started = time.perf_counter()
         losses = [trainer.fit_epoch().get("train_loss", math.nan) for trainer in trainers]
         metrics = [
@@ -164,10 +164,11 @@ def retrain_and_test(
     clips = features if isinstance(features, FeatureSet) else ray.get(features[0])
     train, test = clips.by_ids(train_ids), clips.by_ids(test_ids)
     started = time.perf_counter()
-    trainer = task.make_trainer(config, variant, train, seed)
-    n_classes = len(task.CLASSES)
+    knobs = task.knobs.of(config)
+    trainer = task.make_trainer(knobs, variant, train, seed)
+    n_classes = len(task.classes)
     history = []
-    for epoch in range(1, int(config["epochs"]) + 1):
+    for epoch in range(1, knobs.epochs + 1):
         fitted = trainer.fit_epoch()
         final: Metrics = evaluate(test.labels, trainer.predict_proba(test), n_classes)
         history.append(
@@ -188,7 +189,7 @@ def retrain_and_test(
         seed=seed,
         metrics=final.as_dict(),
         confusion=final.confusion.tolist(),
-        epochs=int(config["epochs"]),
+        epochs=knobs.epochs,
         train_seconds=seconds,
         history=history,
         model_path=model_path,
