@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +20,35 @@ from tasks import TASKS
 def test_demo_end_to_end(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     command = [
-        sys.executable, "-m", "orchestrate", "demo", "--quiet",
+        sys.executable, "-m", "orchestrate", "demo",
         "--workspace", str(workspace), "--actors", "8", "--clips-per-emotion", "2",
         "sweep.folds=2", "sweep.num_samples=1", "sweep.max_epochs=1",
     ]  # fmt: skip
     env = {**os.environ, "ORCHESTRATE_CACHE": str(tmp_path / "cache")}  # fetch the FER model
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    done = subprocess.run(command, capture_output=True, timeout=1800, env=env)
+    raw = done.stdout + done.stderr  # bytes: text mode would turn a bar's "\r" into "\n"
+    done.stdout, done.stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert b"\r" not in raw  # piped, as in CI: no bars
     out = done.stdout
+    # The lines meant for a person, none of Ray's, Ray Data's, Tune's or MLflow's log
+    # lines: those are in the workspace's log file, named once.
+    both = done.stdout + done.stderr
+    log = (workspace / "logs" / "ray.log").resolve()
+    assert both.count(f"logs: {log}") == 1
+    for pattern in (
+        r"^\d{4}[-/]\d\d[-/]\d\d [\d:,]+\s+(DEBUG|INFO|WARNING|ERROR)\b",  # Ray's, MLflow's
+        r"^\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\]",  # Ray's C++ core worker
+        r"Token authentication|Started a local Ray|Running Dataset|Trial status",
+    ):
+        assert not re.search(pattern, both, re.MULTILINE), pattern
+    written = log.read_text()
+    assert "ray._private.worker" in written and "ray.data" in written
+    # The studies' own Tune and Optuna loggers (in Ray tasks on this machine) write there too.
+    assert " ray.tune" in written and " optuna" in written
+    # One compact line per study, with the metrics that matter.
+    assert re.search(r"\[\d+/\d+\] emodal-\S+: \d+ trials, chosen validation UAR", done.stderr)
+    assert "chance UAR" in out
     assert f"HTML report: {workspace / 'reports' / 'report.html'}" in out
     assert (workspace / "reports" / "report.html").stat().st_size > 10_000
     assert "Does fusion win?" in out and "emodal: fused " in out
