@@ -224,7 +224,7 @@ def _log_to_workspace(config: RunConfig) -> None:
     """
     from orchestrate.console import native_stderr_to, route_logs, workspace_log
 
-    native_stderr_to(route_logs(workspace_log(config.workspace_path)))
+    native_stderr_to(route_logs(workspace_log(config.workspace_path), announce=False))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ ROUTED_LOGGERS = ("ray", "ray.data", "optuna", "mlflow", "alembic", "py.warnings
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d -- %(message)s"
 
 _routed: Path | None = None  # the log file this process's loggers write to
+_announced = False  # whether its path was printed
 
 
 def interactive() -> bool:
@@ -74,12 +75,21 @@ def route_logs(
     ``ray-data.log`` in the session directory) stay. ``libraries`` are imported first:
     Ray Data, MLflow and Optuna configure their loggers on import, and would otherwise put
     their console handlers back later. Idempotent per process; ``announce`` prints the path
-    the first time. Returns the path.
+    once (``start_ray`` asks for it: a command that stops before Ray starts, say on an
+    unreachable tracking server, prints only why). Returns the path.
     """
-    global _routed
+    global _routed, _announced
     path = Path(path).resolve()
-    if _routed == path:
-        return path
+    if _routed != path:
+        _route(path, libraries)
+        _routed, _announced = path, False
+    if announce and not _announced:
+        say(f"Ray, Ray Data, Tune and MLflow logs: {path}")
+        _announced = True
+    return path
+
+
+def _route(path: Path, libraries: tuple[str, ...]) -> None:
     for library in libraries:
         importlib.import_module(library)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,15 +102,13 @@ def route_logs(
         for old in list(logger.handlers):
             if _is_console(old) or (old.get_name() or "").startswith("orchestrate:"):
                 logger.removeHandler(old)
+                if not _is_console(old):
+                    old.close()  # an earlier workspace's file
         logger.addHandler(handler)
         logger.propagate = False  # one record, one line ("ray.data" is a child of "ray")
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
     logging.captureWarnings(True)
-    _routed = path
-    if announce:
-        say(f"Ray, Ray Data, Tune and MLflow logs: {path}")
-    return path
 
 
 def native_stderr_to(path: str | Path) -> None:
@@ -111,8 +119,11 @@ def native_stderr_to(path: str | Path) -> None:
     sends them elsewhere. This points fd 2 at the log file and rebinds ``sys.stderr`` (bars,
     ``say``, warnings, tracebacks) to a duplicate of the terminal's descriptor, so Python's
     own output still reaches the person. For a command's whole process: nothing restores
-    it (the CLI calls it; tests and library use do not).
+    it. Only when ``sys.stderr`` is the process's own: under a capture (pytest's, a caller's
+    ``redirect_stderr``) nothing changes.
     """
+    if sys.stderr is not sys.__stderr__:
+        return
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()

@@ -44,7 +44,7 @@ def start_ray(config: RunConfig) -> None:
     Ray's own logs (and Ray Data's, Tune's, MLflow's) go to ``<workspace>/logs/ray.log``,
     not the terminal (``orchestrate.console``); workers' output stays in Ray's log files.
     """
-    route_logs(workspace_log(config.workspace_path))
+    route_logs(workspace_log(config.workspace_path))  # and says where, once
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
@@ -76,7 +76,8 @@ def tracker(config: RunConfig) -> Tracker:
 def check_tracking(config: RunConfig) -> Tracker:
     """Reach the tracking server (and create the experiment) before any work starts."""
     config.workspace_path.mkdir(parents=True, exist_ok=True)
-    route_logs(workspace_log(config.workspace_path))  # MLflow's own lines (database set-up)
+    # MLflow's own lines (database set-up) too; the path is printed when Ray starts.
+    route_logs(workspace_log(config.workspace_path), announce=False)
     tracking = tracker(config)
     tracking.check()
     return tracking

@@ -53,6 +53,18 @@ def test_bars_only_when_both_streams_are_terminals(monkeypatch: pytest.MonkeyPat
     assert sys.stderr.getvalue() == ""
 
 
+def test_native_stderr_stays_under_a_capture(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """In-process callers (tests, notebooks) keep their streams: only the CLI's own are moved."""
+    before = sys.stderr
+    console.native_stderr_to(tmp_path / "ray.log")
+    assert sys.stderr is before
+    print("still captured", file=sys.stderr)
+    assert capfd.readouterr().err == "still captured\n"
+    assert not (tmp_path / "ray.log").exists()
+
+
 def test_ray_tune_and_mlflow_logs_go_to_the_workspace_file(tmp_path: Path) -> None:
     """In a process of its own (routing is process-wide), as the CLI does it."""
     log = console.workspace_log(tmp_path / "ws")
