@@ -205,3 +205,43 @@ def test_a_shipped_config_is_found_by_name(tmp_path: Path) -> None:
         load_config(name, ["dataset.root=/data/x"])  # each one loads and validates
     with pytest.raises(ConfigError, match="shipped configs: "):
         load_config("song_ravdes")
+
+
+# --- errors: the project's own are one line, a bug keeps its traceback -----------------------
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrate import cli
+
+    def broken(args: object) -> int:
+        raise ValueError("an internal bug, not a user error")
+
+    monkeypatch.setattr(cli, "cmd_configs", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["configs"])
+
+
+def test_a_user_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "song", "--variant", "lidar"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "orchestrate: song has no variant 'lidar' (allowed: audio, video, fused)"
+    ]
+
+
+def test_a_row_not_swept_makes_the_exit_status_one(capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    from orchestrate.cli import _not_swept_status
+
+    swept = pd.DataFrame({"variant": ["audio"], "protocol": ["actor-kfold"], "error": [""]})
+    assert _not_swept_status({"emodal": swept}) == 0
+    failed = pd.DataFrame(
+        {
+            "variant": ["audio", "audio"],
+            "protocol": ["actor-kfold", "actor-8-12-4"],
+            "error": ["", "needs 8 actors"],
+        }
+    )
+    assert _not_swept_status({"emodal": swept, "mitseas": failed}) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mitseas/audio (actor-8-12-4)" in err[0]

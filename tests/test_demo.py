@@ -84,11 +84,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         rows = [(row[column("variant")], row[column("protocol")]) for row in table["data"]]
         expected = [
             (variant, protocol)
-            for variant in task.VARIANTS
+            for variant in task.variants
             for protocol in dict.fromkeys(["actor-kfold", paper_protocol(task, variant)])
         ]
         assert rows == expected  # both protocols side by side for every variant
         for row in table["data"]:
             assert row[column("selection")] == "nested"
-            assert row[column("chance_uar")] == round(1 / len(task.CLASSES), 4)
+            assert row[column("chance_uar")] == round(1 / len(task.classes), 4)
             assert row[column("n")] >= 1 and not row[column("error")]
