@@ -143,7 +143,11 @@ def corpus_on_s3(moto_s3: MotoS3, root: Path, actors: int) -> set[str]:
     return {path.stem for path in paths}
 
 
-def s3_config(moto_s3: MotoS3, workspace: Path, *overrides: str) -> RunConfig:
+def s3_config(
+    moto_s3: MotoS3, workspace: Path, *overrides: str, selection: tuple[str, ...] = ()
+) -> RunConfig:
+    """Dataset and store on moto's S3; ``selection`` (default EMODal's audio) picks the
+    extractors."""
     return load_config(
         None,
         [
@@ -152,26 +156,24 @@ def s3_config(moto_s3: MotoS3, workspace: Path, *overrides: str) -> RunConfig:
             "store.uri=s3://store/features",
             f"store.endpoint_url={moto_s3.endpoint_url}",
             "store.region=us-east-1",
-            AUDIO,
-            EMODAL_AUDIO,
+            *(selection or (AUDIO, EMODAL_AUDIO)),
             *overrides,
         ],
     )
 
 
-def audio_rows(config: RunConfig):
-    """Every stored emodal_audio row (a DataFrame), duplicates and failures included."""
+def audio_rows(config: RunConfig, extractor: str = "emodal_audio", params: dict | None = None):
+    """Every stored row of one extractor (a DataFrame), duplicates and failures included."""
     store = FeatureStore(config.store_uri, config.storage_options)
-    rows = store.read_features(extractor_key(build_extractor("emodal_audio", {})))
-    assert rows is not None, "no emodal_audio rows in the store"
+    rows = store.read_features(extractor_key(build_extractor(extractor, params or {})))
+    assert rows is not None, f"no {extractor} rows in the store"
     return rows
 
 
-def part_files(moto_s3: MotoS3) -> dict[str, float]:
-    """The store's emodal_audio Parquet files on S3: key -> last-modified time."""
-    listed = moto_s3.client.list_objects_v2(
-        Bucket="store", Prefix="features/features/emodal_audio/"
-    )
+def part_files(moto_s3: MotoS3, extractor: str = "emodal_audio") -> dict[str, float]:
+    """One extractor's Parquet files in the store on S3: key -> last-modified time."""
+    prefix = f"features/features/{extractor}/"
+    listed = moto_s3.client.list_objects_v2(Bucket="store", Prefix=prefix)
     return {
         item["Key"]: item["LastModified"].timestamp()
         for item in listed.get("Contents", [])
@@ -179,8 +181,10 @@ def part_files(moto_s3: MotoS3) -> dict[str, float]:
     }
 
 
-def assert_every_clip_once(config: RunConfig, clips: set[str]) -> None:
-    rows = audio_rows(config)
+def assert_every_clip_once(
+    config: RunConfig, clips: set[str], extractor: str = "emodal_audio", params: dict | None = None
+) -> None:
+    rows = audio_rows(config, extractor, params)
     assert sorted(rows["clip_id"]) == sorted(clips), "a clip is missing or stored twice"
     assert rows["content_hash"].is_unique
     assert set(rows["status"]) == {"ok"}, rows.loc[rows["status"] != "ok", "reason"].tolist()
@@ -266,13 +270,32 @@ def running(node: Any) -> set[str]:
 IDLE_TITLES = {"ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
 
 
+# Ray tasks (EMODal's audio features), or the network actor pool fused with the per-clip map
+# (Song's VGG16, random weights: what it computes does not matter here).
+PIPELINES = {
+    "tasks": ("emodal_audio", {}, []),
+    "actor-pool": (
+        "song_vgg16",
+        {"weights": "random"},
+        [
+            "ingest.extractors={song_vgg16: {weights: random}}",
+            "tasks={song: {variants: [video]}}",
+            "ingest.embed_batch_size=2",  # a file every two clips, as the tasks write
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
 def test_worker_node_lost_mid_ingest_stores_every_clip_once(
-    moto_s3: MotoS3, tmp_path: Path
+    moto_s3: MotoS3, tmp_path: Path, pipeline: str
 ) -> None:
-    """A worker node is removed once the first blocks are on S3: Ray retries the lost
-    node's tasks on the other worker, and every clip's row is stored exactly once, ok."""
+    """A worker node is removed while it runs ingest work, blocks already on S3: Ray retries
+    the lost tasks (or restarts the lost actor) on the other worker, and every clip's row is
+    stored exactly once, ok."""
+    extractor, params, selection = PIPELINES[pipeline]
     clips = corpus_on_s3(moto_s3, tmp_path / "corpus", actors=2)
-    config = s3_config(moto_s3, tmp_path / "ws")
+    config = s3_config(moto_s3, tmp_path / "ws", selection=tuple(selection))
     with head_and_two_workers() as (cluster, workers):
         outcome: dict[str, object] = {}
 
@@ -284,26 +307,34 @@ def test_worker_node_lost_mid_ingest_stores_every_clip_once(
 
         driver = threading.Thread(target=run, daemon=True)
         driver.start()
-        wait_until(lambda: part_files(moto_s3) or not driver.is_alive(), "a first block")
+        wait_until(lambda: part_files(moto_s3, extractor) or not driver.is_alive(), "a first block")
         # The worker node to lose: one running ingest work now, blocks already written.
         busy: dict[Any, set[str]] = {}
 
-        def a_worker_is_busy() -> bool:
-            for node in workers:
+        def watch(nodes: list[Any]) -> None:
+            for node in nodes:
                 if titles := running(node):
                     busy.setdefault(node, set()).update(titles)
+
+        def a_worker_is_busy() -> bool:
+            watch(workers)
             return bool(busy) or not driver.is_alive()
 
         wait_until(a_worker_is_busy, "ingest work running on a worker node")
-        written_before = len(part_files(moto_s3))
+        written_before = len(part_files(moto_s3, extractor))
         assert driver.is_alive(), f"the ingest ended before a node could be lost: {outcome}"
         lost = next(iter(busy))
         cluster.remove_node(lost, allow_graceful=False)
+        removed_at = time.monotonic()
         (left,) = [node for node in workers if node is not lost]
         while driver.is_alive():  # what the node that is left runs, until the ingest ends
-            if titles := running(left):
-                busy.setdefault(left, set()).update(titles)
+            watch([left])
             time.sleep(0.1)
+        files = len(part_files(moto_s3, extractor))
+        print(
+            f"{pipeline}: node lost with {written_before} files written, the ingest ended "
+            f"{time.monotonic() - removed_at:.1f} s later with {files}"
+        )
         driver.join()
         assert "error" not in outcome, outcome.get("error")
         summary: IngestSummary = outcome["summary"]  # type: ignore[assignment]
@@ -316,8 +347,8 @@ def test_worker_node_lost_mid_ingest_stores_every_clip_once(
         )
 
     assert (summary.clips, summary.failed, summary.computed) == (len(clips), 0, len(clips))
-    assert_every_clip_once(config, clips)
-    assert 0 < written_before < len(part_files(moto_s3))
+    assert_every_clip_once(config, clips, extractor, params)
+    assert 0 < written_before < len(part_files(moto_s3, extractor))
 
 
 # -- an ingest killed half way ---------------------------------------------------------------
