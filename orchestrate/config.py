@@ -31,6 +31,7 @@ from orchestrate.errors import InputError
 from orchestrate.protocols import ACTOR_PROTOCOLS, PROTOCOLS
 
 SELECTIONS = ("nested", "holdout")
+FACE_MODES = ("detect", "given")  # dataset.faces
 
 
 class ConfigError(InputError):
@@ -43,6 +44,9 @@ class DatasetConfig:
     root: str | None = None  # a local directory or s3://bucket/prefix (or the SFEW table file)
     # RAVDESS vocal channel: "speech" (the papers'), "song", or "all"
     vocal_channel: str = "speech"
+    # How video extractors find the face: "detect" (the face detector, largest face) or
+    # "given" (frames and still images are face crops already); part of their cache key.
+    faces: str = "detect"
 
 
 @dataclass
@@ -310,6 +314,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"dataset.vocal_channel: {config.dataset.vocal_channel!r} is not one of "
             + ", ".join(VOCAL_CHANNELS)
+        )
+    if config.dataset.faces not in FACE_MODES:
+        raise ConfigError(
+            f"dataset.faces: {config.dataset.faces!r} is not one of {', '.join(FACE_MODES)}"
         )
     for name in config.ingest.extractors:
         if name not in EXTRACTORS:

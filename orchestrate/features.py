@@ -115,7 +115,8 @@ def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSo
             keys[name] = table_key(stored_as)
         else:
             keys[name] = extractor_key(
-                build_extractor(name, config.ingest.extractors.get(name, {}))
+                build_extractor(name, config.ingest.extractors.get(name, {})),
+                config.dataset.faces,
             )
     if config.dataset.root is None:
         raise InputError("dataset.root: give the dataset the features were ingested from")

@@ -2,7 +2,10 @@
 
 Video frames are read one at a time with OpenCV; each is reduced to its largest face crop
 at once and dropped, so a worker's memory does not grow with the clip's length or
-resolution. The audio track is decoded with PyAV (which reads every container ingest meets:
+resolution. A still image (``image-folder``'s clips: a ``video_uri`` with an image
+extension) is decoded as a one-frame track (``decode_image``). Without a detector
+(``dataset.faces=given``) a frame is taken to be a face crop already: its centred square
+is the face. The audio track is decoded with PyAV (which reads every container ingest meets:
 mp4/AAC, flv/MP3, wav) and mixed to mono float32 at its native rate.
 
 Bad input raises ``ExtractionError`` with a one-line reason: an unreadable, corrupt or
@@ -20,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from orchestrate.datasets.base import Clip
+from orchestrate.datasets.base import Clip, is_image_uri
 from orchestrate.extractors.base import AudioTrack, ClipMedia, ExtractionError, FaceTrack
 from orchestrate.faces import FaceDetector, crop_face
 
@@ -34,7 +37,7 @@ def decode_clip(
     *,
     need_video: bool,
     need_audio: bool,
-    detector: FaceDetector,
+    detector: FaceDetector | None,
     crop_size: int = 128,
     frame_stride: int = 1,
     storage_options: dict | None = None,
@@ -42,7 +45,9 @@ def decode_clip(
     """Decode ``clip`` once into face crops (if ``need_video``) and audio (if ``need_audio``).
 
     ``frame_stride``: run face detection on every ``frame_stride``-th frame (all frames are
-    still decoded, as the codec requires). S3 URIs are copied to a temporary local file.
+    still decoded, as the codec requires). ``detector`` None: every frame is a face crop
+    already (``dataset.faces=given``). A still image is one frame. S3 URIs are copied to a
+    temporary local file.
     """
     if crop_size < 1 or frame_stride < 1:
         raise ValueError(
@@ -58,8 +63,12 @@ def decode_clip(
     with ExitStack() as stack:
         if need_video:
             assert clip.video_uri is not None
-            video_path = _local_path(stack, clip.video_uri, storage_options, "video")
-            faces = decode_faces(video_path, detector, crop_size, frame_stride)
+            if is_image_uri(clip.video_uri):
+                image_path = _local_path(stack, clip.video_uri, storage_options, "image")
+                faces = decode_image(image_path, detector, crop_size)
+            else:
+                video_path = _local_path(stack, clip.video_uri, storage_options, "video")
+                faces = decode_faces(video_path, detector, crop_size, frame_stride)
         if need_audio:
             assert clip.audio_uri is not None
             if need_video and clip.audio_uri == clip.video_uri:
@@ -82,10 +91,45 @@ def _local_path(stack: ExitStack, uri: str, storage_options: dict | None, role: 
         raise ExtractionError(f"unreadable {role} file ({_one_line(error)})") from error
 
 
+def frame_face(
+    frame: np.ndarray, detector: FaceDetector | None, crop_size: int
+) -> np.ndarray | None:
+    """The ``crop_size`` square crop of ``frame``'s largest face (None: no face found).
+
+    Without a detector the frame is a face crop already: its centred square, no margin.
+    """
+    if detector is None:
+        height, width = frame.shape[:2]
+        return crop_face(frame, (0, 0, width, height), crop_size, margin=0.0)
+    box = detector.largest_face(frame)
+    return None if box is None else crop_face(frame, box, crop_size)
+
+
+def decode_image(
+    path: str | Path, detector: FaceDetector | None, crop_size: int = 128
+) -> FaceTrack:
+    """A still image as a one-frame track: its largest face (or, without a detector, itself).
+
+    The bytes are decoded with ``cv2.imdecode`` (PNG, JPEG, BMP, TIFF, WebP; grayscale and
+    alpha images become 3-channel BGR). Raises ``ExtractionError`` when OpenCV can't decode
+    them. An image without a face decodes fine (its one crop is None): the extractors that
+    need a face report "no face in the image".
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None or image.size == 0:
+        raise ExtractionError("unreadable image: OpenCV can't decode the file")
+    crop = frame_face(image, detector, crop_size)
+    del image  # the full-resolution image is never kept past its crop
+    return FaceTrack(frame_indices=[0], crops=[crop], fps=0.0, crop_size=crop_size, still=True)
+
+
 def decode_faces(
-    path: str | Path, detector: FaceDetector, crop_size: int = 128, frame_stride: int = 1
+    path: str | Path, detector: FaceDetector | None, crop_size: int = 128, frame_stride: int = 1
 ) -> FaceTrack:
     """The largest-face crop (BGR uint8, ``crop_size`` square) of every ``frame_stride``-th frame.
+
+    ``detector`` None: each frame is a face crop already (see ``frame_face``).
 
     Raises ``ExtractionError`` when the file has no video stream, can't be opened, decodes
     to no frames, or decodes to clearly fewer frames than its container declares.
@@ -108,9 +152,8 @@ def decode_faces(
                 ok, frame = capture.read()
                 if not ok:
                     break
-                box = detector.largest_face(frame)
                 frame_indices.append(decoded)
-                crops.append(None if box is None else crop_face(frame, box, crop_size))
+                crops.append(frame_face(frame, detector, crop_size))
                 del frame  # the raw frame is never kept past its crop
             decoded += 1
     finally:

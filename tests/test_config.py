@@ -45,7 +45,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         (["sweep.num_samples=0"], "sweep.num_samples: must be at least 1"),
         (
             ["dataset.name=mnist"],
-            "dataset.name: 'mnist' is not one of ravdess, crema-d, sfew-table",
+            "dataset.name: 'mnist' is not one of ravdess, crema-d, image-folder, sfew-table",
         ),
         (
             ["dataset.vocal_channel=singing"],

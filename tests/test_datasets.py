@@ -50,6 +50,7 @@ def test_registry_names_and_errors(tmp_path: Path) -> None:
     assert {name: a.yields for name, a in DATASETS.items()} == {
         "ravdess": "clips",
         "crema-d": "clips",
+        "image-folder": "clips",
         "sfew-table": "feature-table",
     }
     assert DATASETS["sfew-table"].stored_as.arrays == ("lpq", "phog")

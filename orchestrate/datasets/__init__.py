@@ -1,7 +1,8 @@
 """Dataset adapters, described as data: a plain name -> ``DatasetAdapter`` registry.
 
-Each adapter says what it yields: ``"clips"`` (RAVDESS, CREMA-D: its ``list_clips`` lists
-the labelled clips under a local folder or ``s3://bucket/prefix``, for ingest to decode) or
+Each adapter says what it yields: ``"clips"`` (RAVDESS, CREMA-D, and ``image-folder``'s
+still images as one-frame clips: its ``list_clips`` lists the labelled clips under a local
+folder or ``s3://bucket/prefix``, for ingest to decode) or
 ``"feature-table"`` (the SFEW spreadsheet: its ``read_table`` reads features computed
 elsewhere, stored under the extractor key ``stored_as`` names). The stages branch on
 ``yields``; everything dataset-specific lives in the adapter's module.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrate.datasets import crema_d, ravdess, sfew_table
+from orchestrate.datasets import crema_d, image_folder, ravdess, sfew_table
 from orchestrate.datasets.base import (
     Clip,
     ClipLister,
@@ -25,7 +26,8 @@ from orchestrate.datasets.sfew_table import SfewTable, read_sfew_table
 from orchestrate.errors import InputError
 
 DATASETS: dict[str, DatasetAdapter] = {
-    adapter.name: adapter for adapter in (ravdess.ADAPTER, crema_d.ADAPTER, sfew_table.ADAPTER)
+    adapter.name: adapter
+    for adapter in (ravdess.ADAPTER, crema_d.ADAPTER, image_folder.ADAPTER, sfew_table.ADAPTER)
 }
 
 __all__ = [

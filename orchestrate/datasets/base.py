@@ -60,6 +60,14 @@ class ClipListing:
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".flv", ".mkv")
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".mp3", ".m4a")
 MEDIA_EXTENSIONS: tuple[str, ...] = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+# Still images (the ``image-folder`` adapter): a clip whose ``video_uri`` is one of these is
+# decoded as a single frame (``orchestrate.media.decode_image``).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_uri(uri: str) -> bool:
+    """Whether ``uri`` names a still image (by its extension), not a video container."""
+    return split_file_name(uri)[2] in IMAGE_EXTENSIONS
 
 
 def split_file_name(uri: str) -> tuple[str, str, str]:

@@ -50,6 +50,7 @@ class FaceTrack:
     crops: list[np.ndarray | None]
     fps: float
     crop_size: int
+    still: bool = False  # one still image (fps 0), not a video's frames
     # (position, side) -> grayscale face: extractors that need the same face share it.
     _gray: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -232,6 +233,8 @@ def video_face_positions(media: ClipMedia, frame_step: int = 1) -> tuple[FaceTra
         if index % frame_step == 0 and crop is not None
     ]
     if not picked:
+        if track.still:
+            raise ExtractionError("no face in the image")
         looked_at = sum(index % frame_step == 0 for index in track.frame_indices)
         raise ExtractionError(f"no face in any of {looked_at} frames")
     return track, picked

@@ -136,8 +136,18 @@ def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
     return {name: dict(config.ingest.extractors.get(name) or {}) for name in names}
 
 
-def extractor_key(extractor: Extractor) -> ExtractorKey:
-    return ExtractorKey(extractor.name, extractor.version, param_hash(extractor.params))
+def extractor_key(extractor: Extractor, faces: str = "detect") -> ExtractorKey:
+    """The store key of ``extractor``'s rows: name, version and parameter hash.
+
+    A video extractor's rows also depend on how faces were found (``dataset.faces``): under
+    ``given`` (the frames are face crops already) its parameter hash covers that too, so a
+    change recomputes and never reuses the other's rows; ``detect``, the default, keeps the
+    keys rows had before the setting existed.
+    """
+    params = extractor.params
+    if extractor.modality == "video" and faces != "detect":
+        params = {**params, "faces": faces}
+    return ExtractorKey(extractor.name, extractor.version, param_hash(params))
 
 
 def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
@@ -183,7 +193,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     clips = _identify_clips(listing.clips, config, store)
     # Hashes that have a row, per extractor: the projected content_hash column only.
     cached = {
-        e.name: store.cached_hashes(extractor_key(e), ok_only=config.ingest.retry_failed)
+        e.name: store.cached_hashes(
+            extractor_key(e, config.dataset.faces), ok_only=config.ingest.retry_failed
+        )
         for e in extractors
     }
     work = []
@@ -205,7 +217,9 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     manifest = pd.DataFrame(clips).sort_values("clip_id").reset_index(drop=True)
     store.write_manifest(config.dataset.name, root, manifest)
     seconds = time.perf_counter() - started
-    summary = _summarise(config.dataset.name, manifest, extractors, store, computed, seconds)
+    summary = _summarise(
+        config.dataset.name, manifest, extractors, store, computed, seconds, config.dataset.faces
+    )
     summary.rejected_files = rejected
     summary.skipped_files = dict(listing.skipped)
     return summary
@@ -322,19 +336,20 @@ def _extract(
 ) -> dict[str, tuple[str, bool]]:
     """Run the work through one streamed Ray Data pass; clip id -> (content hash, decoded)."""
     face_detect_width = config.ingest.face_detect_width
+    faces = config.dataset.faces
     storage_options = config.storage_options
     # Workers check a freshly hashed clip against the cache themselves: only those need it.
     cached_ref = ray.put(cached) if any(row["missing"] is None for row in work) else None
 
     def extract_clip(row: dict[str, Any]) -> dict[str, Any]:
         return extract_one_clip(
-            row, extractors, face_detect_width, storage_options, _cached_sets(cached_ref)
+            row, extractors, face_detect_width, storage_options, _cached_sets(cached_ref), faces
         )
 
     writer = StoreWrite(
         store.uri,
         store.storage_options,
-        tuple((e.name, extractor_key(e), tuple(e.outputs)) for e in extractors),
+        tuple((e.name, extractor_key(e, faces), tuple(e.outputs)) for e in extractors),
     )
     # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
     blocks = max(1, min(len(work), 4 * _cluster_cpus()))
@@ -408,8 +423,12 @@ def extract_one_clip(
     face_detect_width: int,
     storage_options: dict[str, str],
     cached: dict[str, set[str]] | None = None,
+    faces: str = "detect",
 ) -> dict[str, Any]:
     """Read one clip once, and decode it once for its missing extractors; failures become reasons.
+
+    ``faces``: ``detect`` finds each frame's largest face; ``given`` takes every frame (or
+    still image) as a face crop already. A still image (``is_image_uri``) is one frame.
 
     A clip without a known content hash (``row["content_hash"]`` None) is hashed in the
     same read; its missing extractors are then those without a row in ``cached``. Every
@@ -418,8 +437,9 @@ def extract_one_clip(
     """
     import cv2
 
+    from orchestrate.datasets.base import is_image_uri
     from orchestrate.faces import HaarFaceDetector
-    from orchestrate.media import decode_audio, decode_faces
+    from orchestrate.media import decode_audio, decode_faces, decode_image
 
     # One Ray CPU, one thread: Ray already sets OMP_NUM_THREADS=1 for torch in its workers,
     # and OpenCV's own thread pool would otherwise oversubscribe the node's cores.
@@ -438,16 +458,20 @@ def extract_one_clip(
         decode_error: dict[str, str] = {}
         for modality in modalities:
             uri = uris[modality]
+            still = modality == "video" and is_image_uri(uri)
             if uri in read_errors:
-                decode_error[modality] = read_errors[uri](modality)
+                decode_error[modality] = read_errors[uri]("image" if still else modality)
                 continue
             try:
                 # Each modality decoded once: a clip without audio spares its faces.
                 if modality == "video":
-                    detector = HaarFaceDetector(detect_width=face_detect_width)
-                    media[modality] = ClipMedia(
-                        faces=decode_faces(paths[uri], detector), audio=None
+                    detector = (
+                        HaarFaceDetector(detect_width=face_detect_width)
+                        if faces == "detect"
+                        else None
                     )
+                    decode = decode_image if still else decode_faces
+                    media[modality] = ClipMedia(faces=decode(paths[uri], detector), audio=None)
                 else:
                     media[modality] = ClipMedia(faces=None, audio=decode_audio(paths[uri]))
             except ExtractionError as error:
@@ -601,6 +625,7 @@ def _summarise(
     store: FeatureStore,
     computed: int,
     seconds: float,
+    faces: str = "detect",
 ) -> IngestSummary:
     """Per clip: ok when every extractor it has rows for is ok; else failed, with its reasons."""
     hashes = set(clips["content_hash"])
@@ -608,7 +633,7 @@ def _summarise(
     reasons: dict[str, dict[str, list[str]]] = {}
     for extractor in extractors:
         # Three projected columns, filtered to this dataset's clips: never a feature array.
-        rows = store.row_statuses(extractor_key(extractor), hashes)
+        rows = store.row_statuses(extractor_key(extractor, faces), hashes)
         ok = set(rows.loc[rows["status"] == "ok", "content_hash"])
         failed = rows[(rows["status"] != "ok") & ~rows["content_hash"].isin(ok)]
         failed = failed.drop_duplicates("content_hash", keep="first")
