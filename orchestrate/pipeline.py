@@ -19,6 +19,7 @@ from orchestrate.stages.report import (
     SweepContext,
     ablation_table,
     best_model_records,
+    chance_lines,
     close_figures,
     fusion_verdict,
     parent_close_record,
@@ -189,6 +190,9 @@ def print_tables(tables: dict[str, pd.DataFrame]) -> None:
     verdicts = [line for name, table in tables.items() if (line := fusion_verdict(name, table))]
     if verdicts:
         print("\n".join(["Does fusion win? (outer-test UAR, speaker-independent)", *verdicts]))
+    at_chance = [line for name, table in tables.items() for line in chance_lines(name, table)]
+    if at_chance:
+        print("\n".join(["Rows not above chance:", *at_chance]))
 
 
 def _weights_note(params: dict) -> str:

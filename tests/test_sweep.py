@@ -354,3 +354,12 @@ def test_the_fusion_verdict_reads_the_table() -> None:
     table["speaker_independent"] = False
     assert fusion_verdict("emodal", table) is None
     assert fusion_verdict("emodal", ablation_table(emodal.SPEC, rows[:2])) is None
+    # A row at or below chance (4 classes: 0.25) is named, with what to raise; others are not.
+    from orchestrate.stages.report import chance_lines
+
+    weak = ablation_table(emodal.SPEC, [rows[0], row("video", [0.25, 0.20, 0.25])])
+    (line,) = chance_lines("emodal", weak)
+    assert line.startswith(
+        "emodal/video (actor-kfold): test UAR 0.233 is not above chance (0.250) with 0 trials"
+    )
+    assert "raise sweep.num_samples" in line

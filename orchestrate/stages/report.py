@@ -223,6 +223,24 @@ def fusion_verdict(task: str, table: pd.DataFrame) -> str | None:
     )
 
 
+def chance_lines(task: str, table: pd.DataFrame) -> list[str]:
+    """One line per swept row whose outer-test UAR is not above chance, saying what to raise.
+
+    Such a row did not learn within the run's budget (trials, epochs, clips) or its
+    features carry too little about the classes; the table still shows its number.
+    """
+    lines = []
+    for row in table[table["n"] > 0].to_dict("records"):
+        if _finite(row["uar"]) and row["uar"] <= row["chance_uar"]:
+            lines.append(
+                f"{task}/{row['variant']} ({row['protocol']}): test UAR {row['uar']:.3f} is not "
+                f"above chance ({row['chance_uar']:.3f}) with {row['trials']} trials over "
+                f"{row['folds']} folds: too small a budget or too little in its features "
+                "(raise sweep.num_samples, the task's epochs, or the corpus' clips)"
+            )
+    return lines
+
+
 def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Across papers: every task's rows, outer-test UAR and accuracy beside the paper's number."""
     rows = []
