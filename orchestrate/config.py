@@ -47,6 +47,14 @@ class DatasetConfig:
     # How video extractors find the face: "detect" (the face detector, largest face) or
     # "given" (frames and still images are face crops already); part of their cache key.
     faces: str = "detect"
+    # The feature-table dataset (root: a .csv or .parquet file, one row per clip; see
+    # orchestrate.datasets.feature_table): its columns, and how labels and actors are found.
+    clip_id_column: str = "clip_id"
+    label_column: str | None = None  # None: parsed from the clip id by `naming`
+    actor_column: str | None = None  # None: parsed by `naming`, else each clip its own actor
+    naming: str | None = None  # "ravdess" or "crema-d": the clip ids follow that naming
+    # modality name -> its feature columns: a glob pattern ("mfcc_*") or a list of patterns
+    modalities: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,10 +158,14 @@ class RunConfig:
         return (self.workspace_path / "mlartifacts").as_uri()
 
     def task_runs(self) -> list[TaskRun]:
-        """The tasks to sweep: those listed, or every registered task with all its variants."""
+        """The tasks to sweep: those listed, or every registered task with all its variants.
+
+        A run that lists none sweeps the tasks ``in_default_run`` (every paper's model; the
+        reference baseline is swept where it is listed).
+        """
         from tasks import TASKS
 
-        sections = self.tasks or {name: {} for name in TASKS}
+        sections = self.tasks or {name: {} for name, t in TASKS.items() if t.in_default_run}
         runs = []
         for name, section in sections.items():
             knobs = {key: value for key, value in (section or {}).items() if key != "variants"}
@@ -237,6 +249,9 @@ def apply_override(merged: DictConfig, override: str) -> None:
         merged.merge_with_dotlist([f"{key}={text}"])
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error, key)) from None
+    except yaml.YAMLError as error:  # e.g. [a[0]]: quote such items, as in ['a[0]']
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{key}: {text!r} is not a YAML value ({problem})") from None
 
 
 def declared_type(key: str) -> type | None:
@@ -302,6 +317,7 @@ def validate(config: RunConfig) -> None:
     """Check values against what the registries allow; raise ConfigError on the first problem."""
     # Imported here: the registries import torch and friends, which config parsing doesn't need.
     from orchestrate.datasets import DATASETS
+    from orchestrate.datasets.feature_table import check_table_config
     from orchestrate.datasets.ravdess import VOCAL_CHANNELS
     from orchestrate.extractors import EXTRACTORS, extractor_param_names
     from tasks import TASKS
@@ -319,6 +335,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"dataset.faces: {config.dataset.faces!r} is not one of {', '.join(FACE_MODES)}"
         )
+    check_table_config(config.dataset)
     for name in config.ingest.extractors:
         if name not in EXTRACTORS:
             raise ConfigError(

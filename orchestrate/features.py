@@ -7,6 +7,7 @@ which clips the dataset holds, and each extractor's rows are joined on the conte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,7 +15,20 @@ from orchestrate.config import RunConfig
 from orchestrate.errors import InputError
 from orchestrate.extractors import build_extractor
 from orchestrate.store import SHAPE_SUFFIX, ExtractorKey, FeatureStore, decode_array
-from tasks.common import FeatureSet, TaskSpec
+from tasks.common import MODALITY_PREFIX, FeatureSet, TaskSpec
+
+if TYPE_CHECKING:
+    from orchestrate.datasets import DatasetAdapter, StoredAs
+
+# What a ``modality.<name>`` column reads on a clip dataset: a fixed-size vector per clip,
+# computed without network weights. Audio: EMODal's 68 pyAudioAnalysis short-term features
+# averaged over the clip. Video: the 256-bin LPQ texture histogram of the face (Wang's
+# descriptor; the FER CNN's 7 probabilities need a weights file, EMODal's face is a
+# 128x128 image, VGG16's features a sequence).
+CLIP_MODALITY_COLUMNS: dict[str, str] = {
+    "audio": "emodal_audio.features",
+    "video": "wang_texture.lpq",
+}
 
 
 @dataclass(frozen=True)
@@ -25,9 +39,11 @@ class FeatureSource:
     storage_options: dict[str, str]
     dataset: str
     root: str
-    columns: tuple[str, ...]  # "<extractor>.<array>"
-    keys: dict[str, ExtractorKey] = field(hash=False)
+    columns: tuple[str, ...]  # "<extractor>.<array>", as the task names them
+    keys: dict[str, ExtractorKey] = field(hash=False)  # by the stored extractor's name
     classes: tuple[str, ...]
+    # The store column each task column is read from, where it differs (stored_column).
+    stored: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def manifest_uri(self) -> str:
@@ -62,17 +78,21 @@ class FeatureSource:
         hashes = set(manifest["content_hash"])
         arrays: dict[str, dict[str, np.ndarray]] = {}
         left_out: dict[str, str] = {}
-        for extractor in dict.fromkeys(column.split(".", 1)[0] for column in self.columns):
+        stored = {column: self.stored.get(column, column) for column in self.columns}
+        for extractor in dict.fromkeys(s.split(".", 1)[0] for s in stored.values()):
             rows = store.feature_rows(self.keys[extractor], hashes)
-            wanted = [c.split(".", 1)[1] for c in self.columns if c.split(".", 1)[0] == extractor]
+            wanted = {
+                column: s.split(".", 1)[1]
+                for column, s in stored.items()
+                if s.split(".", 1)[0] == extractor
+            }
             found = set()
             for row in rows.to_dict("records"):
                 found.add(row["content_hash"])
                 if row["status"] != "ok":
                     left_out.setdefault(row["content_hash"], f"{extractor}: {row['reason']}")
                     continue
-                for name in wanted:
-                    column = f"{extractor}.{name}"
+                for column, name in wanted.items():
                     arrays.setdefault(column, {})[row["content_hash"]] = decode_array(
                         row[name], row[name + SHAPE_SUFFIX]
                     )
@@ -104,14 +124,15 @@ def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSo
 
     columns = task.variant(variant).columns
     adapter = dataset_adapter(config.dataset.name)
+    stored_as = (
+        adapter.table_stored_as(config.dataset) if adapter.yields == "feature-table" else None
+    )
     keys: dict[str, ExtractorKey] = {}
+    stored: dict[str, str] = {}
     for column in columns:
-        name, array = column.split(".", 1)
-        stored_as = adapter.stored_as
-        if adapter.yields == "feature-table" and stored_as is not None:
-            if (name, array) not in {(stored_as.extractor, a) for a in stored_as.arrays}:
-                held = ", ".join(f"{stored_as.extractor}.{a}" for a in stored_as.arrays)
-                raise InputError(f"the {adapter.name} table holds {held}, not {column}")
+        stored[column] = stored_column(adapter, stored_as, column)
+        name = stored[column].split(".", 1)[0]
+        if stored_as is not None:
             keys[name] = table_key(stored_as)
         else:
             keys[name] = extractor_key(
@@ -128,4 +149,28 @@ def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSo
         columns=columns,
         keys=keys,
         classes=task.classes,
+        stored={column: s for column, s in stored.items() if s != column},
     )
+
+
+def stored_column(adapter: DatasetAdapter, stored_as: StoredAs | None, column: str) -> str:
+    """The store column (``"<extractor>.<array>"``) a task's ``column`` reads on this dataset.
+
+    On a clip dataset a column is itself, and ``modality.<name>`` is the extractor vector
+    ``CLIP_MODALITY_COLUMNS`` names. A feature table (``stored_as``) holds one set of
+    arrays and serves each task column by its array name: ``modality.audio``,
+    ``feature_table.audio`` or ``wang_texture.lpq`` read the table's ``audio`` / ``lpq``.
+    """
+    prefix, array = column.split(".", 1)
+    if stored_as is not None:
+        if array not in stored_as.arrays:
+            raise InputError(
+                f"the {adapter.name} table holds {', '.join(stored_as.arrays)}, not {column}"
+            )
+        return f"{stored_as.extractor}.{array}"
+    if prefix == MODALITY_PREFIX:
+        if array not in CLIP_MODALITY_COLUMNS:
+            known = ", ".join(f"{MODALITY_PREFIX}.{m}" for m in CLIP_MODALITY_COLUMNS)
+            raise InputError(f"{column}: clip datasets give {known}")
+        return CLIP_MODALITY_COLUMNS[array]
+    return column

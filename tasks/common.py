@@ -216,6 +216,12 @@ class Knobs:
         raise ValueError(f"{self.TASK}.{name}: must be {expected}, got {value!r}")
 
 
+# A column ``modality.<name>`` (``modality.audio``, ``modality.video``) reads whatever the
+# dataset gives for that modality: a clip dataset's extractor vector standing for it, or a
+# feature table's group of that name (``orchestrate.features.stored_column``).
+MODALITY_PREFIX = "modality"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row of a task's ablation: what it reads, what it searches, how the paper tested it."""
@@ -237,6 +243,8 @@ class TaskSpec:
     knobs: type[Knobs]
     paper_results: tuple[PaperResult, ...]
     make_trainer: Callable[[Any, str, FeatureSet, int], Trainer]
+    # Whether a run that lists no tasks sweeps it (the reference baseline is swept where asked).
+    in_default_run: bool = True
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.knobs)}

@@ -61,7 +61,10 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         (["sweep.validation_fraction=1.5"], "sweep.validation_fraction: must be between 0 and 1"),
         (["ingest.extractors.vgg19={}"], "ingest.extractors.vgg19: unknown extractor"),
         (["ingest.max_failure_ratio=2"], "ingest.max_failure_ratio: must be between 0 and 1"),
-        (["tasks.bert.lr=0.1"], "tasks.bert: unknown task (allowed: emodal, song, mitseas, wang)"),
+        (
+            ["tasks.bert.lr=0.1"],
+            "tasks.bert: unknown task (allowed: emodal, song, mitseas, wang, baseline)",
+        ),
         (["tasks.song.variants=[text]"], "tasks.song.variants: 'text' is not one of"),
         (["tasks.wang.dropout_rate=0.1"], "tasks.wang.dropout_rate: unknown knob"),
         (["tasks.song=3"], "tasks.song: Cannot assign int to Dict"),

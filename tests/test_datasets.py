@@ -52,6 +52,7 @@ def test_registry_names_and_errors(tmp_path: Path) -> None:
         "crema-d": "clips",
         "image-folder": "clips",
         "sfew-table": "feature-table",
+        "feature-table": "feature-table",
     }
     assert DATASETS["sfew-table"].stored_as.arrays == ("lpq", "phog")
     with pytest.raises(ValueError, match="unknown dataset 'iemocap'.*ravdess, crema-d"):

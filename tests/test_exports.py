@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_task_baseline
 import test_task_emodal
 import test_task_mitseas
 import test_task_song
@@ -18,10 +19,13 @@ SMALL = {
     "song": test_task_song.SMALL,
     "mitseas": test_task_mitseas.SMALL,
     "wang": test_task_wang.SMALL,
+    "baseline": test_task_baseline.SMALL,
 }
 
 
 def clips(task: str):
+    if task == "baseline":
+        return test_task_baseline.complementary_clips(np.arange(1, 13).astype(str), 8)
     if task == "emodal":
         return test_task_emodal.synthetic_clips(24, signal=1.0)
     if task == "song":

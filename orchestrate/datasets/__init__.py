@@ -3,8 +3,9 @@
 Each adapter says what it yields: ``"clips"`` (RAVDESS, CREMA-D, and ``image-folder``'s
 still images as one-frame clips: its ``list_clips`` lists the labelled clips under a local
 folder or ``s3://bucket/prefix``, for ingest to decode) or
-``"feature-table"`` (the SFEW spreadsheet: its ``read_table`` reads features computed
-elsewhere, stored under the extractor key ``stored_as`` names). The stages branch on
+``"feature-table"`` (the SFEW spreadsheet, or any per-clip CSV/Parquet table: its
+``read_table`` reads features computed elsewhere, stored under the extractor key
+``table_stored_as`` names for the run's dataset config). The stages branch on
 ``yields``; everything dataset-specific lives in the adapter's module.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrate.datasets import crema_d, image_folder, ravdess, sfew_table
+from orchestrate.datasets import crema_d, feature_table, image_folder, ravdess, sfew_table
 from orchestrate.datasets.base import (
     Clip,
     ClipLister,
@@ -27,7 +28,13 @@ from orchestrate.errors import InputError
 
 DATASETS: dict[str, DatasetAdapter] = {
     adapter.name: adapter
-    for adapter in (ravdess.ADAPTER, crema_d.ADAPTER, image_folder.ADAPTER, sfew_table.ADAPTER)
+    for adapter in (
+        ravdess.ADAPTER,
+        crema_d.ADAPTER,
+        image_folder.ADAPTER,
+        sfew_table.ADAPTER,
+        feature_table.ADAPTER,
+    )
 }
 
 __all__ = [

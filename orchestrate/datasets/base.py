@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from orchestrate.config import DatasetConfig
 
 
 @dataclass(frozen=True)
@@ -127,11 +130,23 @@ class DatasetAdapter:
     yields: Literal["clips", "feature-table"]
     description: str
     list_clips: ClipLister | None = None  # yields "clips"
-    read_table: Callable[[str, Mapping[str, str] | None], FeatureTable] | None = None
-    stored_as: StoredAs | None = None  # yields "feature-table"
+    # yields "feature-table": read_table(the run's dataset config, storage options), and the
+    # key its rows are stored under: fixed (stored_as), or following the config (stored_as_for,
+    # for a table whose arrays are the config's modality mapping).
+    read_table: Callable[[DatasetConfig, Mapping[str, str] | None], FeatureTable] | None = None
+    stored_as: StoredAs | None = None
+    stored_as_for: Callable[[DatasetConfig], StoredAs] | None = None
 
     def __post_init__(self) -> None:
         clips = self.yields == "clips" and self.list_clips is not None
-        table = self.yields == "feature-table" and None not in (self.read_table, self.stored_as)
+        keyed = self.stored_as is not None or self.stored_as_for is not None
+        table = self.yields == "feature-table" and self.read_table is not None and keyed
         if not (clips or table):
             raise TypeError(f"dataset adapter {self.name}: nothing to read what it yields")
+
+    def table_stored_as(self, dataset: DatasetConfig) -> StoredAs:
+        """The extractor key and arrays of this feature table under ``dataset``'s config."""
+        if self.stored_as_for is not None:
+            return self.stored_as_for(dataset)
+        assert self.stored_as is not None, f"{self.name} yields {self.yields}, not a table"
+        return self.stored_as

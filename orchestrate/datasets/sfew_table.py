@@ -26,7 +26,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openpyxl
@@ -36,6 +36,9 @@ from openpyxl.utils.exceptions import InvalidFileException
 from orchestrate.datasets.base import DatasetAdapter, FeatureTable, RejectedFile, StoredAs
 from orchestrate.datasets.filesystem import read_bytes
 from orchestrate.errors import InputError
+
+if TYPE_CHECKING:
+    from orchestrate.config import DatasetConfig
 
 SFEW_LABELS: dict[int, str] = {
     1: "angry",
@@ -240,11 +243,19 @@ def _rejected_row(uri: str, row_number: int, clip_id: str, problems: list[str]) 
     )
 
 
+def read_configured_sfew_table(
+    dataset: DatasetConfig, storage_options: Mapping[str, str] | None = None
+) -> SfewTable:
+    """``read_sfew_table`` of the run's ``dataset.root`` (the adapter's ``read_table``)."""
+    assert dataset.root is not None
+    return read_sfew_table(dataset.root, storage_options)
+
+
 ADAPTER = DatasetAdapter(
     name="sfew-table",
     yields="feature-table",
     description="SFEW.xlsx: Wang et al.'s 5 LPQ + 5 PHOG principal components per still",
-    read_table=read_sfew_table,
+    read_table=read_configured_sfew_table,
     # Stands in for the wang_texture extractor's lpq/phog columns, under its own version.
     stored_as=StoredAs("wang_texture", "sfew-table-1", "published-pca", ("lpq", "phog")),
 )

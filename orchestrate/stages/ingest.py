@@ -61,6 +61,7 @@ from orchestrate.datasets.filesystem import (
 from orchestrate.errors import InputError
 from orchestrate.extractors import EXTRACTORS, build_extractor
 from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
+from orchestrate.features import CLIP_MODALITY_COLUMNS
 from orchestrate.store import (
     CLIP_COLUMNS,
     SHAPE_SUFFIX,
@@ -70,6 +71,7 @@ from orchestrate.store import (
     row_schema,
 )
 from tasks import TASKS
+from tasks.common import MODALITY_PREFIX
 
 
 @dataclass
@@ -129,6 +131,9 @@ def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
         task = TASKS[run.name]
         for variant in run.variants:
             for column in task.variant(variant).columns:
+                prefix, array = column.split(".", 1)
+                if prefix == MODALITY_PREFIX:  # modality.audio: the extractor standing for it
+                    column = CLIP_MODALITY_COLUMNS.get(array, column)
                 extractor = column.split(".", 1)[0]
                 if extractor in EXTRACTORS and extractor not in names:
                     names.append(extractor)
@@ -680,10 +685,11 @@ def _ingest_feature_table(
     Each row's content hash is derived from the table file's hash and the clip id, so a
     changed table is a new set of rows; rows go through the store's one row schema.
     """
-    assert adapter.read_table is not None and adapter.stored_as is not None
+    assert adapter.read_table is not None
     started = time.perf_counter()
     root = config.dataset.root
-    table = adapter.read_table(root, config.storage_options)
+    stored_as = adapter.table_stored_as(config.dataset)
+    table = adapter.read_table(config.dataset, config.storage_options)
     root_hash = content_hash(root, config.storage_options)
     rows = table.rows.copy()
     rows["dataset"] = adapter.name
@@ -693,8 +699,8 @@ def _ingest_feature_table(
         hashlib.sha256(f"{root_hash}:{clip_id}".encode()).hexdigest() for clip_id in rows["clip_id"]
     ]
     store.write_manifest(adapter.name, root, rows)
-    key = table_key(adapter.stored_as)
-    arrays = adapter.stored_as.arrays
+    key = table_key(stored_as)
+    arrays = stored_as.arrays
     todo = rows[~rows["content_hash"].isin(store.cached_hashes(key))]
     if len(todo):
         columns: dict[str, list[Any]] = {name: list(todo[name]) for name in CLIP_COLUMNS}

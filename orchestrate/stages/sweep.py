@@ -57,7 +57,7 @@ from orchestrate.stages.trials import (
     train_trial,
 )
 from tasks import TASKS
-from tasks.common import FeatureSet, TaskSpec
+from tasks.common import MODALITY_PREFIX, FeatureSet, TaskSpec
 
 
 class VariantFailed(RuntimeError):
@@ -414,13 +414,19 @@ def random_weights_note(config: RunConfig, keys: dict[str, Any]) -> str:
 
 
 def variant_modality(config: RunConfig, task: TaskSpec, variant: str) -> str:
-    """``fused`` when a variant reads audio and video extractors, else the one it reads."""
+    """``fused`` when a variant reads audio and video, else the one it reads.
+
+    A column's modality is its extractor's, or the name a ``modality.<name>`` column gives.
+    """
     from orchestrate.extractors import EXTRACTORS
 
-    modalities = {
-        getattr(EXTRACTORS.get(column.split(".", 1)[0]), "modality", "video")
-        for column in task.variant(variant).columns
-    }
+    def modality(column: str) -> str:
+        prefix, array = column.split(".", 1)
+        if prefix == MODALITY_PREFIX:
+            return array
+        return getattr(EXTRACTORS.get(prefix), "modality", "video")
+
+    modalities = {modality(column) for column in task.variant(variant).columns}
     return "fused" if len(modalities) > 1 else modalities.pop()
 
 
