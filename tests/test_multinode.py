@@ -7,7 +7,8 @@ and the dataset, and nodes lost mid-run.
   test's private directory) sees another directory there, as a node with its own disk does;
 - a worker node removed in the middle of an ingest: every clip's row is stored exactly
   once, none failed;
-- a worker node removed in the middle of a sweep: the sweep completes with its table;
+- a worker node removed in the middle of a sweep, while it runs a trial past its first
+  checkpoints: that trial resumes from its checkpoint, and the sweep completes with its table;
 - an ingest killed half way (SIGKILL): the rerun computes only the clips without rows.
 """
 
@@ -251,20 +252,26 @@ def test_local_paths_are_refused_unless_every_node_shares_them(tmp_path: Path) -
 # -- a node lost mid-ingest ----------------------------------------------------------------
 
 
-def running(node: Any) -> set[str]:
-    """What a node's Ray workers run now: their process titles (``ray::<task>`` or
-    ``ray::<actor class>.<method>``), idle workers and Ray's own agents left out. Read from
-    the processes under the node's raylet, so no dashboard is needed."""
+def worker_processes(node: Any) -> Iterator[tuple[str, psutil.Process]]:
+    """The processes under a node's raylet with their titles (``ray::<task>`` or
+    ``ray::<actor class>.<method>``): read from the processes, so no dashboard is needed."""
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
-    titles = set()
     for process in psutil.Process(raylet.pid).children(recursive=True):
         try:
             title = " ".join(process.cmdline()).split(" ", 1)[0]
         except psutil.Error:
             continue  # it just exited
-        if title.startswith("ray::") and title not in IDLE_TITLES:
-            titles.add(title)
-    return titles
+        yield title, process
+
+
+def running(node: Any) -> set[str]:
+    """What a node's Ray workers run now: their process titles, idle workers and Ray's own
+    agents left out."""
+    return {
+        title
+        for title, _ in worker_processes(node)
+        if title.startswith("ray::") and title not in IDLE_TITLES
+    }
 
 
 IDLE_TITLES = {"ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
@@ -406,17 +413,53 @@ def _group_alive(pgid: int) -> bool:
 
 # -- a node lost mid-sweep -------------------------------------------------------------------
 
+SWEEP_EPOCHS = 16
+# ASHA's first rung (grace period, ``max(1, epochs // 4)`` in sweep._new_tuner); its next is
+# the last epoch, so a trial that reported past the first runs to the end unless lost.
+FIRST_RUNG = SWEEP_EPOCHS // 4
+TO_GO = 4  # epochs a trial has left at the least when its node is removed: still training
 
-def trial_checkpoints(moto_s3: MotoS3) -> list[str]:
-    """The keys of the trials' checkpoint files under s3://store/sweeps."""
-    listed = moto_s3.client.list_objects_v2(Bucket="store", Prefix="sweeps/")
-    return [item["Key"] for item in listed.get("Contents", []) if "/checkpoint_" in item["Key"]]
+
+def trial_progress(moto_s3: MotoS3) -> dict[str, int]:
+    """Each trial's checkpointed epochs on S3, by its directory name. Tune keeps a trial's
+    last checkpoint only (``num_to_keep=1``): ``checkpoint_<n>`` after n + 1 epochs."""
+    progress: dict[str, int] = {}
+    pages = moto_s3.client.get_paginator("list_objects_v2").paginate(
+        Bucket="store", Prefix="sweeps/"
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            parts = item["Key"].split("/")
+            for trial, part in zip(parts, parts[1:], strict=False):
+                if part.startswith("checkpoint_"):
+                    epochs = int(part.removeprefix("checkpoint_")) + 1
+                    progress[trial] = max(progress.get(trial, 0), epochs)
+    return progress
 
 
-def test_worker_node_lost_mid_sweep_completes_the_sweep(moto_s3: MotoS3, tmp_path: Path) -> None:
-    """EMODal audio, one study of two trials at once (one per worker node), checkpoints and
-    results on S3. Once a trial has checkpointed, a worker node running a trial is removed:
-    the sweep still ends with its table, the study with both trials and a final model."""
+def trials_on(node: Any) -> set[str]:
+    """The trials a node runs, by directory name: Tune runs a trial in an ``ImplicitFunc``
+    actor whose working directory is ``…/working_dirs/<the trial's directory>``."""
+    trials = set()
+    for title, process in worker_processes(node):
+        if title.startswith("ray::ImplicitFunc"):
+            try:
+                cwd = Path(process.cwd())
+            except psutil.Error:
+                continue  # it just exited
+            if cwd.parent.name == "working_dirs":
+                trials.add(cwd.name)
+    return trials
+
+
+def test_worker_node_lost_mid_sweep_resumes_its_trial_from_a_checkpoint(
+    moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    """EMODal audio, one study of two trials at once (one per worker node), its Tune driver
+    on the head, checkpoints and results on S3. Once a trial has checkpointed past ASHA's
+    first rung and is still training, the worker node running it is removed: that trial is
+    retried from its checkpoint on the node left, and the sweep ends with its table, the
+    study with both trials complete and a final model."""
     corpus_on_s3(moto_s3, tmp_path / "corpus", actors=4)
     config = s3_config(
         moto_s3,
@@ -428,7 +471,7 @@ def test_worker_node_lost_mid_sweep_completes_the_sweep(moto_s3: MotoS3, tmp_pat
         "sweep.num_samples=2",
         "sweep.max_concurrent=2",
         "sweep.max_concurrent_studies=1",
-        "sweep.max_epochs=4",
+        f"sweep.max_epochs={SWEEP_EPOCHS}",
     )
     with head_and_two_workers() as (cluster, workers):
         assert ingest(config, progress=False).failed == 0
@@ -442,22 +485,36 @@ def test_worker_node_lost_mid_sweep_completes_the_sweep(moto_s3: MotoS3, tmp_pat
 
         driver = threading.Thread(target=run, daemon=True)
         driver.start()
-        training: list[Any] = []
+        seen: list[str] = []  # what the watch saw, said if it gives up
+        study_seen_on: set[str] = set()  # where the study's Tune driver was seen running
+        target: dict[str, Any] = {}
 
-        def a_trial_has_reported() -> bool:
+        def a_trial_is_mid_way() -> bool:
+            """A trial past ASHA's first rung, epochs to go, running on a worker node."""
             if not driver.is_alive():
                 return True
-            if trial_checkpoints(moto_s3):
-                # A function trainable runs in ImplicitFunc actors: ray::ImplicitFunc.train.
-                training.extend(n for n in workers if any("ImplicitFunc" in t for t in running(n)))
-            return bool(training)
+            for name, node in [("head", cluster.head_node), *(("worker", n) for n in workers)]:
+                if "ray::search_study" in running(node):
+                    study_seen_on.add(name)
+            progress = trial_progress(moto_s3)
+            for node in workers:
+                for trial in trials_on(node):
+                    epochs = progress.get(trial, 0)
+                    seen.append(f"{trial[:40]}: {epochs}")
+                    if FIRST_RUNG < epochs <= SWEEP_EPOCHS - TO_GO:
+                        target.update(node=node, trial=trial, epochs=epochs)
+                        return True
+            return False
 
-        wait_until(a_trial_has_reported, "a trial's first checkpoint on S3")
-        assert driver.is_alive(), f"the sweep ended before a node could be lost: {outcome}"
-        cluster.remove_node(training[0], allow_graceful=False)
+        wait_until(a_trial_is_mid_way, "a trial mid-way on a worker node")
+        assert driver.is_alive(), f"the sweep ended before a node could be lost: {seen[-20:]}"
+        cluster.remove_node(target["node"], allow_graceful=False)
+        print(f"removed the node running {target['trial']} after {target['epochs']} epochs")
         driver.join(WAIT_S)
         assert not driver.is_alive(), "the sweep did not finish after the node was lost"
         assert "error" not in outcome, outcome.get("error")
+        # The study's Tune driver ran on the head, out of reach of the lost node.
+        assert study_seen_on == {"head"}, study_seen_on
 
     tables = outcome["tables"]
     table = tables["emodal"]  # type: ignore[index]
@@ -473,10 +530,11 @@ def test_worker_node_lost_mid_sweep_completes_the_sweep(moto_s3: MotoS3, tmp_pat
     study = json.loads(body)
     assert len(study["trials"]) == 2 and all(t["error"] is None for t in study["trials"])
     assert study["finals"], "no final model"
-    resumed = {
-        t["trial_id"]: max(row.get("resumed_from_epoch", 0) for row in t["history"])
-        for t in study["trials"]
-    }
-    # Whether the lost trial had checkpointed before its node went depends on timing: said,
-    # not asserted.
-    print(f"trials resumed from a checkpoint at epoch: {resumed}")
+    (lost,) = [t for t in study["trials"] if f"_{t['trial_id']}_" in target["trial"]]
+    resumed = max(row.get("resumed_from_epoch", 0) for row in lost["history"])
+    print(f"the lost trial resumed from epoch {resumed:.0f} and trained to epoch "
+          f"{lost['history'][-1]['training_iteration']:.0f}")  # fmt: skip
+    # Retried from a checkpoint (not from scratch), no later than where it was lost, and
+    # trained to the end: it was past ASHA's only rung before the last epoch.
+    assert 1 <= resumed <= target["epochs"], lost["history"]
+    assert lost["history"][-1]["training_iteration"] == SWEEP_EPOCHS, lost["history"]

@@ -42,6 +42,7 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrate.config import RunConfig
 from orchestrate.console import progress_bar, route_logs, routed_log, say
@@ -587,6 +588,15 @@ def run_studies(
     task = plan.rows[0].task if plan.rows else ""
     bar = progress_bar(total, f"{task} studies", "study", enabled=progress)
     log_file = str(routed_log() or "")
+    # A study's Tune driver holds its Tune state (trials, checkpoints, searcher) while its
+    # trials spread over the cluster: it runs on this driver's node (the head under
+    # `orchestrate submit` or a RayJob), so a lost worker node costs the trials it ran,
+    # retried from their checkpoints, never the study (which Ray would rerun from scratch).
+    study_task = search_study.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+    )
 
     def launch() -> None:
         while pending and len(searching) < limit:
@@ -597,7 +607,7 @@ def run_studies(
                 bar.update()
                 _say(progress, f"  {study.name}: finished before, not run again")
                 continue
-            searching[search_study.remote(study, reference, resume, log_file)] = (
+            searching[study_task.remote(study, reference, resume, log_file)] = (
                 row,
                 study,
                 reference,
