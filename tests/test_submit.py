@@ -62,7 +62,7 @@ def test_submit_runs_orchestrate_on_the_cluster(ray_head: RayHead, tmp_path: Pat
                 "workspace": str(workspace),  # absolute: the one machine's disk is shared
                 "dataset": {"name": "ravdess", "root": str(corpus)},
                 "ingest": {"extractors": {"emodal_audio": {}}},
-                "tasks": [{"name": "emodal", "variants": ["audio"]}],
+                "tasks": {"emodal": {"variants": ["audio"]}},
                 "sweep": {"protocols": ["actor-kfold"], "folds": 2, "num_samples": 1,
                           "max_epochs": 1},
             }
