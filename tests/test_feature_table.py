@@ -59,7 +59,7 @@ def table_config(root: str, *overrides: str, workspace: Path | None = None) -> R
 GOOD_ROWS = [
     ["c1", "angry", "01", 0.1, 0.2, 1.0, 2.0, 3.0],
     ["c2", "Happy", "01", 0.3, 0.4, 4.0, 5.0, 6.0],
-    ["c3", "sad", "02", 0.5, 0.6, 7.0, 8.0, 9.0],
+    ["c3", "Sadness", "02", 0.5, 0.6, 7.0, 8.0, 9.0],
 ]
 
 
@@ -68,7 +68,7 @@ def test_columns_are_grouped_into_the_configured_modalities(tmp_path: Path) -> N
     table = read_feature_table(table_config(root).dataset)
     assert table.rejected == []
     assert list(table.rows["clip_id"]) == ["c1", "c2", "c3"]
-    assert list(table.rows["label"]) == ["angry", "happy", "sad"]  # case-insensitive
+    assert list(table.rows["label"]) == ["angry", "happy", "sad"]  # any case, synonyms
     assert list(table.rows["group"]) == ["01", "01", "02"]  # "01" stays text
     np.testing.assert_array_equal(table.rows["audio"][1], np.float32([0.3, 0.4]))
     np.testing.assert_array_equal(table.rows["video"][2], np.float32([7, 8, 9]))

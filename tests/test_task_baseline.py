@@ -281,6 +281,43 @@ def test_baseline_sweeps_a_feature_table_and_fused_beats_each_modality(
     assert (rows["error"] == "").all(), rows["error"].to_string()
     assert (rows["n"] == 3).all()
     assert list(rows["modality"]) == ["audio", "video", "fused", "fused"]
+    assert (rows["chance_uar"] == 0.25).all()  # four emotions in the table, not eight
+    assert not rows["is_paper_protocol"].any()  # no paper, no paper's protocol
     uar = rows["uar"]
     for fused in ("fused", "late-fused"):
         assert uar[fused] > max(uar["audio"], uar["video"]), uar.to_dict()
+
+
+@pytest.mark.slow
+def test_baseline_sweeps_a_clip_dataset_from_the_extractors_standing_for_each_modality(
+    tmp_path: Path, local_ray: None
+) -> None:
+    """On generated RAVDESS clips: ingest computes only the two vectors, every row sweeps."""
+    from orchestrate.corpus import synthesize_corpus
+    from orchestrate.pipeline import ingest, sweep
+
+    corpus = tmp_path / "corpus"
+    synthesize_corpus(corpus, actors=4, clips_per_emotion=1, seed=0, progress=False)
+    config = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            f"dataset.root={corpus}",
+            "tasks.baseline.variants=[audio,video,fused,late-fused]",
+            "sweep.protocols=[actor-kfold]",
+            "sweep.folds=2",
+            "sweep.num_samples=1",
+            "sweep.max_concurrent=1",
+        ],
+    )
+    summary = ingest(config, progress=False)
+    assert summary.ok == summary.clips == 32
+    # Only the two extractors standing for the modalities ran.
+    assert sorted(p.name for p in (tmp_path / "ws" / "store" / "features").iterdir()) == [
+        "emodal_audio",
+        "wang_texture",
+    ]
+    rows = sweep(config, progress=False)["baseline"].set_index("variant")
+    assert (rows["error"] == "").all(), rows["error"].to_string()
+    assert (rows["n"] == 2).all()
+    assert list(rows["modality"]) == ["audio", "video", "fused", "fused"]

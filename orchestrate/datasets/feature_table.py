@@ -4,11 +4,13 @@
 ``s3://``, one row per clip:
 
 - a clip-id column (``dataset.clip_id_column``, default ``clip_id``);
-- the label and the actor as columns (``dataset.label_column``, ``dataset.actor_column``)
-  or parsed from the clip id with a dataset's naming (``dataset.naming``: ``ravdess`` or
-  ``crema-d``, the adapters' own parsers; an id without a media extension is read as that
-  dataset's file). A column wins over the naming; with neither an actor column nor a
-  naming, each clip is its own actor (folds are then stratified over clips);
+- the label and the actor as columns (``dataset.label_column``, ``dataset.actor_column``;
+  a label is an emotion name in any case, or a usual synonym: ``anger``, ``happiness``,
+  ``fear``, ``surprise``, ...) or parsed from the clip id with a dataset's naming
+  (``dataset.naming``: ``ravdess`` or ``crema-d``, the adapters' own parsers; an id
+  without a media extension is read as that dataset's file). A column wins over the
+  naming; with neither an actor column nor a naming, each clip is its own actor (folds
+  are then k-fold over clips);
 - feature columns, grouped into named modalities by ``dataset.modalities``: modality →
   a glob pattern (``"mfcc_*"``) or a list of patterns (an exact column name matches
   itself), matched case-sensitively against the columns other than id, label and actor.
@@ -56,7 +58,7 @@ from orchestrate.datasets.base import (
     split_file_name,
 )
 from orchestrate.datasets.filesystem import read_bytes
-from orchestrate.emotions import EMOTIONS
+from orchestrate.emotions import EMOTIONS, emotion_named
 from orchestrate.errors import InputError
 from orchestrate.extractors.base import param_hash
 
@@ -219,12 +221,6 @@ def parse_clip_id(clip_id: str, naming: str) -> tuple[str, str]:
         raise ValueError(str(error).replace(name, clip_id, 1)) from None
 
 
-def _label(value: str) -> str | None:
-    """The canonical emotion a label cell names (case-insensitive), or None."""
-    lowered = value.lower()
-    return lowered if lowered in EMOTIONS else None
-
-
 def read_feature_table(
     dataset: DatasetConfig, storage_options: Mapping[str, str] | None = None
 ) -> FeatureTable:
@@ -280,7 +276,7 @@ def read_feature_table(
                 problems.append(str(error))
         if dataset.label_column is not None:
             cell = _text(frame[dataset.label_column].iloc[index])
-            label = _label(cell)
+            label = emotion_named(cell)
             if not cell:
                 problems.append("missing label")
             elif label is None:

@@ -391,12 +391,17 @@ def paper_protocol(task: TaskSpec, variant: str) -> str:
 
 
 def protocols_for(config: RunConfig, task: TaskSpec, variant: str) -> list[tuple[str, bool]]:
-    """``(protocol, is the paper's)`` for each of the run's protocols, resolved and deduplicated."""
+    """``(protocol, is the paper's)`` for each of the run's protocols, resolved and deduplicated.
+
+    A task without paper results (the baseline) has no paper's protocol: ``paper`` runs its
+    own, never labelled the paper's.
+    """
     paper = paper_protocol(task, variant)
+    has_paper = bool(task.paper_results)
     resolved: dict[str, bool] = {}
     for name in config.sweep.protocols:
         protocol = paper if name == "paper" else name
-        resolved[protocol] = resolved.get(protocol, False) or protocol == paper
+        resolved[protocol] = resolved.get(protocol, False) or (has_paper and protocol == paper)
     return list(resolved.items())
 
 
@@ -492,6 +497,9 @@ def plan_task(
         ]
         for row in rows:
             row.clips = clips
+            # Chance UAR is 1 / the classes the clips hold (UAR averages over those): the
+            # baseline's eight emotions on a four-emotion table are four.
+            row.n_classes = len(np.unique(features.labels))
         base = task_config(config, task, variant, overrides)
         searched = searched_knobs(space, task, variant, overrides)
         for row in rows:
