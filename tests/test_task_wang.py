@@ -395,11 +395,7 @@ def test_the_papers_five_rows_on_the_real_sfew_table(shared_data: Path) -> None:
     paper = {result.variant: result.value for result in wang.PAPER_RESULTS}
     lines = []
     for variant in wang.VARIANTS:
-        config = {
-            **wang.SPEC.defaults,
-            **wang.VARIANT_DEFAULTS.get(variant, {}),
-            **SFEW_TUNED[variant],
-        }
+        config = wang.SPEC.config(variant, SFEW_TUNED[variant]).as_dict()
         uar, accuracy = [], []
         for train, test in folds:
             trainer = wang.make_trainer(config, variant, rows.subset(train), seed=0)
