@@ -26,3 +26,27 @@ def shared_data() -> Path:
             f"real sample data not found at {SHARED_DATA} (../shared/data beside the checkout)"
         )
     return SHARED_DATA
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's own status once everything is reported.
+
+    After a full run the interpreter's teardown can crash (a segfault after the summary,
+    with Ray's, gRPC's and torch's background threads still alive), which would turn a
+    passing suite into exit status 139. Everything pytest reports is written by now.
+    """
+    status = config.stash.get(EXIT_STATUS, None)
+    if status is not None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
