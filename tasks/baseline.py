@@ -54,6 +54,7 @@ from tasks.common import (
     PaperResult,
     TaskSpec,
     Variant,
+    checked_vectors,
     stream_seed,
 )
 
@@ -104,21 +105,7 @@ PAPER_RESULTS: tuple[PaperResult, ...] = ()
 
 def modality_vectors(features: FeatureSet, column: str, dim: int | None = None) -> np.ndarray:
     """The column as ``(clips, dim)`` float64; a clear error names the first bad clip."""
-    if column not in features.columns:
-        raise ValueError(f"{NAME}: the features have no column {column!r}")
-    for clip_id, array in zip(features.clip_ids, features.columns[column], strict=True):
-        array = np.asarray(array)
-        if dim is None:
-            if array.ndim != 1 or len(array) == 0:
-                raise ValueError(
-                    f"clip {clip_id}: {column} must be a non-empty vector, got shape {array.shape}"
-                )
-            dim = len(array)
-        if array.shape != (dim,):
-            raise ValueError(f"clip {clip_id}: {column} has shape {array.shape}, expected ({dim},)")
-        if not np.isfinite(array).all():
-            raise ValueError(f"clip {clip_id}: {column} holds NaN or infinite values")
-    return np.stack(features.columns[column]).astype(np.float64).reshape(len(features), dim or 0)
+    return checked_vectors(features, column, NAME, dim)
 
 
 class BaselineTrainer:

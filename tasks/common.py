@@ -296,3 +296,27 @@ def seeded(seed: int, *stream: int) -> Iterator[np.random.Generator]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(value)
         yield np.random.default_rng(value)
+
+
+def checked_vectors(
+    features: FeatureSet, column: str, task: str, dim: int | None = None
+) -> np.ndarray:
+    """The column as a ``(clips, dim)`` float64 array; a clear error names the first bad clip.
+
+    ``dim=None`` takes the first clip's length and holds every other clip to it.
+    """
+    if column not in features.columns:
+        raise ValueError(f"{task}: the features have no column {column!r}")
+    for clip_id, array in zip(features.clip_ids, features.columns[column], strict=True):
+        array = np.asarray(array)
+        if dim is None:
+            if array.ndim != 1 or len(array) == 0:
+                raise ValueError(
+                    f"clip {clip_id}: {column} must be a non-empty vector, got shape {array.shape}"
+                )
+            dim = len(array)
+        if array.shape != (dim,):
+            raise ValueError(f"clip {clip_id}: {column} has shape {array.shape}, expected ({dim},)")
+        if not np.isfinite(array).all():
+            raise ValueError(f"clip {clip_id}: {column} holds NaN or infinite values")
+    return np.stack(features.columns[column]).astype(np.float64).reshape(len(features), dim or 0)

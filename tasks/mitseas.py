@@ -60,6 +60,7 @@ from tasks.common import (
     Variant,
     stream_seed,
 )
+from tasks.common import checked_vectors as common_checked_vectors
 
 NAME = "mitseas"
 CLASSES: tuple[str, ...] = ("angry", "fearful", "disgust", "happy", "sad")
@@ -184,28 +185,17 @@ def split_base_meta_actors(
 
 
 def checked_vectors(features: FeatureSet, column: str, dim: int | None = None) -> np.ndarray:
-    """The column as a ``(clips, dim)`` array; a clear error names the first bad clip.
+    """The column as a ``(clips, dim)`` array (``tasks.common.checked_vectors``); FER
+    probabilities must not be negative.
 
     ``dim=None`` takes the first clip's length (the audio extractor's size follows its
     parameters: 136 by default) and holds every other clip to it.
     """
-    if column not in features.columns:
-        raise ValueError(f"{NAME}: the features have no column {column!r}")
-    for clip_id, array in zip(features.clip_ids, features.columns[column], strict=True):
-        array = np.asarray(array)
-        if dim is None:
-            if array.ndim != 1 or len(array) == 0:
-                raise ValueError(
-                    f"clip {clip_id}: {column} must be a non-empty vector, got shape {array.shape}"
-                )
-            dim = len(array)
-        if array.shape != (dim,):
-            raise ValueError(f"clip {clip_id}: {column} has shape {array.shape}, expected ({dim},)")
-        if not np.isfinite(array).all():
-            raise ValueError(f"clip {clip_id}: {column} holds NaN or infinite values")
-        if column == FER_COLUMN and (array < 0).any():
-            raise ValueError(f"clip {clip_id}: {column} holds negative probabilities")
-    return np.stack(features.columns[column]).astype(np.float64).reshape(len(features), dim or 0)
+    vectors = common_checked_vectors(features, column, NAME, dim)
+    if column == FER_COLUMN and (vectors < 0).any():
+        clip_id = features.clip_ids[int(np.flatnonzero((vectors < 0).any(axis=1))[0])]
+        raise ValueError(f"clip {clip_id}: {column} holds negative probabilities")
+    return vectors
 
 
 def fer_to_class_probabilities(fer: np.ndarray) -> np.ndarray:
