@@ -121,6 +121,10 @@ class SweepConfig:
     storage_path: str | None = None  # Tune results + Optuna journals; default <workspace>/sweeps
     # The chosen configuration of every outer fold is retrained once per seed.
     seeds: list[int] = field(default_factory=lambda: [0])
+    # The reference baseline's variants swept beside every paper's rows, on the same clips,
+    # emotions and protocols, and shown in that paper's ablation table ([]: none). A
+    # variant reading a modality the paper's rows do not (audio beside Wang) is left out.
+    baseline: list[str] = field(default_factory=lambda: ["audio", "video", "fused"])
 
 
 @dataclass
@@ -413,6 +417,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("sweep.seeds: give at least one seed")
     if len(set(config.sweep.seeds)) != len(config.sweep.seeds):
         raise ConfigError("sweep.seeds: a seed is listed twice (each seed is one retraining)")
+    baseline_variants = TASKS["baseline"].variants
+    for variant in config.sweep.baseline:
+        if variant not in baseline_variants:
+            raise ConfigError(
+                f"sweep.baseline: {variant!r} is not one of {', '.join(baseline_variants)}"
+            )
     if config.sweep.cpus_per_trial <= 0:
         raise ConfigError("sweep.cpus_per_trial: must be positive")
     if config.sweep.gpus_per_trial < 0:

@@ -13,7 +13,7 @@ import numpy as np
 
 from orchestrate.config import RunConfig
 from orchestrate.errors import InputError
-from orchestrate.extractors import build_extractor
+from orchestrate.extractors import EXTRACTORS, build_extractor
 from orchestrate.store import SHAPE_SUFFIX, ExtractorKey, FeatureStore, decode_array
 from tasks.common import MODALITY_PREFIX, FeatureSet, TaskSpec
 
@@ -44,6 +44,9 @@ class FeatureSource:
     classes: tuple[str, ...]
     # The store column each task column is read from, where it differs (stored_column).
     stored: dict[str, str] = field(default_factory=dict, hash=False)
+    # Only clips of these emotions (empty: every class of the task): the baseline beside a
+    # paper reads that paper's clips, its labels still indexing its own classes.
+    only_labels: tuple[str, ...] = ()
 
     @property
     def manifest_uri(self) -> str:
@@ -63,6 +66,8 @@ class FeatureSource:
         store = FeatureStore(self.store_uri, self.storage_options)
         manifest = store.read_manifest(self.dataset, self.root)
         manifest = manifest[manifest["label"].isin(self.classes)]
+        if self.only_labels:
+            manifest = manifest[manifest["label"].isin(self.only_labels)]
         manifest = manifest.sort_values("clip_id").reset_index(drop=True)
         twins = manifest.duplicated("content_hash", keep="first")
         first_of = dict(
@@ -117,8 +122,13 @@ class FeatureSource:
         return features, sorted(reasons + identical)
 
 
-def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSource:
-    """The feature source of one task variant under this run's dataset and extractor params."""
+def feature_source(
+    config: RunConfig, task: TaskSpec, variant: str, only_labels: tuple[str, ...] = ()
+) -> FeatureSource:
+    """The feature source of one task variant under this run's dataset and extractor params.
+
+    ``only_labels`` keeps the clips of those emotions only (the baseline beside a paper).
+    """
     from orchestrate.datasets import dataset_adapter
     from orchestrate.stages.ingest import extractor_key, table_key
 
@@ -150,6 +160,7 @@ def feature_source(config: RunConfig, task: TaskSpec, variant: str) -> FeatureSo
         keys=keys,
         classes=task.classes,
         stored={column: s for column, s in stored.items() if s != column},
+        only_labels=tuple(only_labels),
     )
 
 
@@ -174,3 +185,28 @@ def stored_column(adapter: DatasetAdapter, stored_as: StoredAs | None, column: s
             raise InputError(f"{column}: clip datasets give {known}")
         return CLIP_MODALITY_COLUMNS[array]
     return column
+
+
+def column_modality(column: str) -> str:
+    """``audio`` or ``video``: a column's extractor's, or the name a ``modality.<name>`` gives."""
+    prefix, array = column.split(".", 1)
+    if prefix == MODALITY_PREFIX:
+        return array
+    return getattr(EXTRACTORS.get(prefix), "modality", "video")
+
+
+def variant_modalities(task: TaskSpec, variant: str) -> set[str]:
+    """The modalities a task variant's columns read."""
+    return {column_modality(column) for column in task.variant(variant).columns}
+
+
+def baseline_beside(config: RunConfig, task: TaskSpec, variants: list[str]) -> list[str]:
+    """The baseline's variants swept beside ``task``'s rows: ``sweep.baseline``, less any that
+    reads a modality none of the paper's ``variants`` reads (Wang's stills: video only)."""
+    from tasks import TASKS
+
+    baseline = TASKS["baseline"]
+    if task.name == baseline.name or not task.paper_results:
+        return []
+    read = set().union(*(variant_modalities(task, v) for v in variants)) if variants else set()
+    return [v for v in config.sweep.baseline if variant_modalities(baseline, v) <= read]

@@ -13,7 +13,9 @@ import ray
 from orchestrate.cluster import ingest_paths, require_shared_paths, sweep_paths
 from orchestrate.config import RunConfig, dump_config
 from orchestrate.console import LOG_FORMAT, route_logs, say, workspace_log
+from orchestrate.errors import InputError
 from orchestrate.extractors import build_extractor
+from orchestrate.features import baseline_beside, feature_source
 from orchestrate.stages.ingest import IngestSummary, requested_extractors, run_ingest
 from orchestrate.stages.report import (
     SweepContext,
@@ -30,6 +32,7 @@ from orchestrate.stages.report import (
 )
 from orchestrate.stages.sweep import (
     StudyOutcome,
+    SweepPlan,
     VariantResult,
     plan_task,
     run_studies,
@@ -37,6 +40,7 @@ from orchestrate.stages.sweep import (
 )
 from orchestrate.tracking import Tracker, provenance
 from tasks import TASKS
+from tasks.common import TaskSpec
 
 
 def start_ray(config: RunConfig) -> None:
@@ -141,18 +145,18 @@ def sweep(
         tracking.log(opened)
         print(f"{run.name}: planning studies", file=sys.stderr, flush=True)
         plan = plan_task(config, run.name, run.variants, run.knobs, sweep_dir)
+        reference = baseline_plan(config, task, run.variants, plan, sweep_dir)
+        plan.rows.extend(reference.rows)
+        plan.studies.extend(reference.studies)
         for row in plan.rows:
             if row.error:
                 print(
-                    f"orchestrate: {run.name}/{row.variant} ({row.protocol}) not swept: "
-                    f"{row.error}",
+                    f"orchestrate: {run.name}/{row.label} ({row.protocol}) not swept: {row.error}",
                     file=sys.stderr,
                 )
 
-        def log_study(
-            row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...] = task.classes
-        ) -> None:
-            records = study_records(context, row, outcome, tuple(classes))
+        def log_study(row: VariantResult, outcome: StudyOutcome) -> None:
+            records = study_records(context, row, outcome, TASKS[row.task].classes)
             for record in records:
                 tracking.log(record)
             close_figures(records)
@@ -181,6 +185,35 @@ def sweep(
             file=sys.stderr,
         )
     return tables
+
+
+def baseline_plan(
+    config: RunConfig, task: TaskSpec, variants: list[str], plan: SweepPlan, sweep_dir: str
+) -> SweepPlan:
+    """The reference baseline's studies beside a paper's rows (``sweep.baseline``).
+
+    Same clips and emotions as the paper's rows, under the protocols they use; the baseline's
+    knobs are the run's ``tasks.baseline`` ones. A variant whose modality the dataset does
+    not give (the SFEW table holds no ``modality.video``) is left out with one line.
+    """
+    wanted = baseline_beside(config, task, variants)
+    protocols = list(dict.fromkeys(row.protocol for row in plan.rows))
+    if not wanted or not protocols:
+        return SweepPlan(rows=[], studies=[])
+    baseline = TASKS["baseline"]
+    kept = []
+    for variant in wanted:
+        try:
+            feature_source(config, baseline, variant)
+        except InputError as error:
+            print(
+                f"orchestrate: baseline-{variant} not swept beside {task.name}: {error}",
+                file=sys.stderr,
+            )
+            continue
+        kept.append(variant)
+    knobs = next((run.knobs for run in config.task_runs() if run.name == baseline.name), {})
+    return plan_task(config, baseline.name, kept, knobs, sweep_dir, beside=(task, protocols))
 
 
 def print_tables(tables: dict[str, pd.DataFrame]) -> None:

@@ -363,3 +363,42 @@ def test_the_fusion_verdict_reads_the_table() -> None:
         "emodal/video (actor-kfold): test UAR 0.233 is not above chance (0.250) with 0 trials"
     )
     assert "raise sweep.num_samples" in line
+
+
+def test_the_baselines_rows_sit_in_the_papers_table_without_its_numbers() -> None:
+    from orchestrate.stages.report import ablation_table, fusion_verdict, table_markdown
+    from orchestrate.stages.trials import FinalModel
+
+    def row(task: str, variant: str, uars: list[float], beside: str = "") -> VariantResult:
+        result = VariantResult(task, variant, "actor-kfold", "nested", False, 4, beside=beside)
+        for fold, uar in enumerate(uars):
+            final = FinalModel(fold, 0, {"accuracy": uar, "uar": uar, "macro_f1": uar}, [[1]], 1, 0)
+            result.outcomes.append(
+                StudyOutcome(f"{variant}-fold{fold}", fold, [], "t", {}, {}, [final])
+            )
+        return result
+
+    rows = [
+        row("emodal", "audio", [0.40, 0.50]),
+        row("emodal", "video", [0.30, 0.40]),
+        row("emodal", "fused", [0.52, 0.62]),
+        row("baseline", "audio", [0.35, 0.45], beside="emodal"),
+        row("baseline", "fused", [0.60, 0.70], beside="emodal"),
+    ]
+    table = ablation_table(emodal.SPEC, rows)
+    assert list(table["variant"]) == ["audio", "video", "fused", "baseline-audio", "baseline-fused"]
+    assert list(table["task"]) == ["emodal"] * 5
+    assert list(table["model"]) == ["emodal"] * 3 + ["baseline"] * 2
+    reference = table[table["model"] == "baseline"]
+    assert (reference["paper"] == "").all() and reference["difference"].isna().all()
+    assert table.loc[0, "paper"]  # EMODal's own audio row keeps the paper's number
+    assert "| baseline-fused | " in table_markdown(table)
+    # The verdict compares the paper's rows and names the baseline's fused beside them.
+    assert fusion_verdict("emodal", table) == (
+        "emodal: fused beats audio by +0.12 and video by +0.22 UAR (actor-kfold), in 2 of 2 "
+        "folds; the baseline's fused: 0.65"
+    )
+    # Study names keep a paper's baseline apart from another paper's.
+    plan = StudyPlan("baseline", "audio", "actor-kfold", 0, (), (), (), {"epochs": 1}, {},
+                     "val_uar", "max", 1, 1, 0, {}, 0, "/s", beside="emodal")  # fmt: skip
+    assert plan.name == "emodal-baseline-audio-actor-kfold-fold0"

@@ -13,9 +13,14 @@ import pytest
 import ray
 from threadpoolctl import threadpool_limits
 
-from orchestrate.config import load_config
+from orchestrate.config import ConfigError, load_config
 from orchestrate.datasets import DATASETS
-from orchestrate.features import CLIP_MODALITY_COLUMNS, feature_source, stored_column
+from orchestrate.features import (
+    CLIP_MODALITY_COLUMNS,
+    baseline_beside,
+    feature_source,
+    stored_column,
+)
 from orchestrate.protocols import make_folds
 from orchestrate.search_spaces import load_search_space
 from orchestrate.stages.ingest import requested_extractors
@@ -118,6 +123,31 @@ def test_a_clip_run_of_the_baseline_ingests_the_extractors_standing_for_each_mod
         load_config(None, ["dataset.root=/nowhere"]), TASKS["baseline"], "fused"
     ).keys
     assert set(keys) == wanted
+
+
+def test_the_baseline_beside_a_paper_reads_only_the_modalities_the_papers_rows_read() -> None:
+    config = load_config(None, [])
+    assert config.sweep.baseline == ["audio", "video", "fused"]  # on by default
+    assert baseline_beside(config, TASKS["emodal"], ["audio", "video"]) == [
+        "audio",
+        "video",
+        "fused",
+    ]
+    assert baseline_beside(config, TASKS["emodal"], ["audio"]) == ["audio"]
+    assert baseline_beside(config, TASKS["wang"], list(TASKS["wang"].variants)) == ["video"]
+    assert baseline_beside(config, TASKS["baseline"], ["fused"]) == []  # not beside itself
+    late = load_config(None, ["sweep.baseline=[late-fused]"])
+    assert baseline_beside(late, TASKS["song"], ["fused"]) == ["late-fused"]
+    assert baseline_beside(load_config(None, ["sweep.baseline=[]"]), TASKS["song"], ["fused"]) == []
+    with pytest.raises(ConfigError, match="sweep.baseline: 'svm' is not one of audio, video"):
+        load_config(None, ["sweep.baseline=[svm]"])
+
+
+def test_a_paper_run_ingests_what_its_baseline_reads_too() -> None:
+    song = load_config(None, ["tasks.song.variants=[audio]"])
+    assert list(requested_extractors(song)) == ["song_mfcc", "emodal_audio"]
+    alone = load_config(None, ["tasks.song.variants=[audio]", "sweep.baseline=[]"])
+    assert list(requested_extractors(alone)) == ["song_mfcc"]
 
 
 def test_rows_are_labelled_by_the_modality_they_read() -> None:
@@ -321,3 +351,60 @@ def test_baseline_sweeps_a_clip_dataset_from_the_extractors_standing_for_each_mo
     assert (rows["error"] == "").all(), rows["error"].to_string()
     assert (rows["n"] == 2).all()
     assert list(rows["modality"]) == ["audio", "video", "fused", "fused"]
+
+
+@pytest.mark.slow
+def test_the_baseline_is_swept_beside_a_papers_rows_on_its_clips_and_folds(
+    tmp_path: Path, local_ray: None
+) -> None:
+    """EMODal's audio row and the baseline's beside it: same clips, same outer test folds,
+    EMODal's four emotions; the rows land in EMODal's table and its MLflow parent run."""
+    from mlflow import MlflowClient
+
+    from orchestrate.corpus import synthesize_corpus
+    from orchestrate.pipeline import baseline_plan, ingest, sweep
+    from orchestrate.stages.sweep import plan_task
+
+    corpus = tmp_path / "corpus"
+    synthesize_corpus(corpus, actors=4, clips_per_emotion=1, seed=0, progress=False)
+    config = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            f"dataset.root={corpus}",
+            "tasks.emodal.variants=[audio]",
+            "sweep.baseline=[audio, fused]",  # fused reads video: EMODal's audio row doesn't
+            "sweep.protocols=[actor-kfold]",
+            "sweep.folds=2",
+            "sweep.num_samples=1",
+            "sweep.max_epochs=1",
+            "sweep.max_concurrent=1",
+        ],
+    )
+    assert ingest(config, progress=False).ok == 32
+    paper = plan_task(config, "emodal", ["audio"], {}, str(tmp_path / "plan"))
+    beside = baseline_plan(config, TASKS["emodal"], ["audio"], paper, str(tmp_path / "plan"))
+    assert [row.label for row in beside.rows] == ["baseline-audio"]
+    assert sorted(beside.rows[0].clips) == sorted(
+        (clip, actor, label) for clip, actor, label in paper.rows[0].clips
+    )  # the same 16 clips (4 emotions x 4 actors), labelled by emotion name
+    assert len(paper.rows[0].clips) == 16
+    assert [s.test_ids for _, s, _ in beside.studies] == [s.test_ids for _, s, _ in paper.studies]
+
+    rows = sweep(config, progress=False)["emodal"].set_index("variant")
+    assert list(rows.index) == ["audio", "baseline-audio"]
+    assert (rows["error"] == "").all(), rows["error"].to_string()
+    assert (rows["n"] == 2).all() and (rows["chance_uar"] == 0.25).all()
+    assert rows.loc["baseline-audio", "model"] == "baseline"
+    assert rows.loc["baseline-audio", "paper"] == ""
+    assert "| baseline-audio |" in (tmp_path / "ws" / "reports" / "emodal.md").read_text()
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    [parent] = client.search_runs(
+        [experiment.experiment_id], "tags.kind = 'sweep' and tags.task = 'emodal'"
+    )
+    nested = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    by_task = {(run.data.tags["task"], run.data.tags.get("beside", "")) for run in nested}
+    assert by_task == {("emodal", ""), ("baseline", "emodal")}

@@ -61,7 +61,7 @@ from orchestrate.datasets.filesystem import (
 from orchestrate.errors import InputError
 from orchestrate.extractors import EXTRACTORS, build_extractor
 from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
-from orchestrate.features import CLIP_MODALITY_COLUMNS
+from orchestrate.features import CLIP_MODALITY_COLUMNS, baseline_beside
 from orchestrate.store import (
     CLIP_COLUMNS,
     SHAPE_SUFFIX,
@@ -127,9 +127,13 @@ def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
     defaults: naming one extractor's parameters never drops the others.
     """
     names: list[str] = []
+    baseline = TASKS["baseline"]
     for run in config.task_runs():
         task = TASKS[run.name]
-        for variant in run.variants:
+        variants = [(task, variant) for variant in run.variants]
+        # The baseline swept beside the paper's rows reads its modalities' extractors too.
+        variants += [(baseline, v) for v in baseline_beside(config, task, run.variants)]
+        for task, variant in variants:
             for column in task.variant(variant).columns:
                 prefix, array = column.split(".", 1)
                 if prefix == MODALITY_PREFIX:  # modality.audio: the extractor standing for it

@@ -33,6 +33,7 @@ from orchestrate.protocols import ACTOR_PROTOCOLS
 from orchestrate.stages.sweep import StudyOutcome, VariantResult
 from orchestrate.stages.trials import METRICS, read_exported
 from orchestrate.tracking import DatasetRef, ModelRef, RunRecord
+from tasks import TASKS
 from tasks.common import TaskSpec
 
 # Rebuilding each study for its plots would log "A new study created" once per fold.
@@ -48,13 +49,16 @@ def ablation_table(task: TaskSpec, results: list[VariantResult]) -> pd.DataFrame
 
     Per metric: mean, sample std and a 95% t-interval over outer folds x seeds; the chosen
     configurations' mean inner-validation UAR (the selection gap is ``validation_uar - uar``);
-    the chance UAR of a constant predictor; the paper's numbers and protocol.
+    the chance UAR of a constant predictor; the paper's numbers and protocol. The baseline's
+    rows beside the paper's (``VariantResult.beside``) read ``baseline-<variant>``, with no
+    paper number.
     """
     rows = []
     for result in results:
         row: dict[str, object] = {
-            "task": result.task,
-            "variant": result.variant,
+            "task": result.beside or result.task,
+            "variant": result.label,
+            "model": result.task,
             "modality": result.modality,
             "protocol": result.protocol,
             "speaker_independent": result.protocol in ACTOR_PROTOCOLS,
@@ -76,7 +80,9 @@ def ablation_table(task: TaskSpec, results: list[VariantResult]) -> pd.DataFrame
         row["chosen_configs"] = json.dumps(
             [_plain(config) for config in result.chosen_configs], sort_keys=True
         )
-        paper = [p for p in task.paper_results if p.variant == result.variant]
+        paper = (
+            [] if result.beside else [p for p in task.paper_results if p.variant == result.variant]
+        )
         row["paper"] = "; ".join(
             f"{METRIC_NAMES.get(p.metric, p.metric)} {p.value:.3f}" for p in paper
         )
@@ -207,6 +213,8 @@ def fusion_verdict(task: str, table: pd.DataFrame) -> str | None:
     if not {"audio", "video", "fused"} <= set(rows):
         return None
     fused, audio, video = (rows[v] for v in ("fused", "audio", "video"))
+    baseline = rows.get("baseline-fused")
+    reference = f"; the baseline's fused: {baseline['uar']:.2f}" if baseline else ""
     folds = [json.loads(rows[v]["fold_uar"]) for v in ("fused", "audio", "video")]
     paired = list(zip(*folds, strict=False)) if len({len(f) for f in folds}) == 1 else []
     wins = sum(1 for f, a, v in paired if f > a and f > v)
@@ -215,11 +223,11 @@ def fusion_verdict(task: str, table: pd.DataFrame) -> str | None:
     if gain_audio > 0 and gain_video > 0:
         return (
             f"{task}: fused beats audio by {gain_audio:+.2f} and video by {gain_video:+.2f} "
-            f"UAR ({protocol}), {by_fold}"
+            f"UAR ({protocol}), {by_fold}{reference}"
         )
     return (
         f"{task}: fused does not beat both: audio {audio['uar']:.2f}, video {video['uar']:.2f}, "
-        f"fused {fused['uar']:.2f} UAR ({protocol}); fused above both {by_fold}"
+        f"fused {fused['uar']:.2f} UAR ({protocol}); fused above both {by_fold}{reference}"
     )
 
 
@@ -479,6 +487,7 @@ def _row_tags(context: SweepContext, row: VariantResult) -> dict[str, str]:
         "selection": row.selection,
         "dataset": context.dataset,
         "sweep_dir": context.sweep_dir,
+        **({"beside": row.beside} if row.beside else {}),
         **{f"features.{name}": key for name, key in row.cache_keys.items()},
     }
 
@@ -492,7 +501,7 @@ def dataset_input(context: SweepContext, row: VariantResult, role: str) -> Datas
         json.dumps([row.clips, sorted(row.cache_keys.items())]).encode()
     ).hexdigest()[:16]
     return DatasetRef(
-        name=f"{context.dataset}/{row.task}-{row.variant}",
+        name=f"{context.dataset}/{row.beside or row.task}-{row.label}",
         digest=digest,
         source=row.manifest_uri or context.dataset,
         frame=frame,
@@ -504,7 +513,7 @@ def study_records(
     context: SweepContext, row: VariantResult, outcome: StudyOutcome, classes: tuple[str, ...]
 ) -> list[RunRecord]:
     """Nested runs of one outer fold's study: each trial, and each final (retrained) model."""
-    parent = context.parent_key(row.task)
+    parent = context.parent_key(row.beside or row.task)
     tags = {**_row_tags(context, row), "fold": str(outcome.fold), "study": outcome.plan_name}
     records = []
     for trial in outcome.trials:
@@ -601,7 +610,9 @@ def parent_close_record(
         tables={f"ablation/{task.name}.json": table},
         figures={
             f"ablation/{task.name}.png": ablation_figure(task.name, table),
-            f"ablation/{task.name}-recall.png": recall_figure(task.name, results, task.classes),
+            f"ablation/{task.name}-recall.png": recall_figure(
+                task.name, [r for r in results if not r.beside], task.classes
+            ),
         },
         status="FINISHED",
     )
@@ -610,12 +621,12 @@ def parent_close_record(
             record.metric(f"{row['variant']}.{row['protocol']}.{name}", row[name])
     seen_inputs = set()
     for result in results:
-        row_name = f"{result.variant}-{result.protocol}"
+        row_name = f"{result.label}-{result.protocol}"
         if result.error:
             record.texts[f"failed/{row_name}.txt"] = result.error + "\n"
-        if result.clips and result.variant not in seen_inputs:
-            seen_inputs.add(result.variant)
-            record.inputs.append(dataset_input(context, result, f"sweep: {result.variant}"))
+        if result.clips and result.label not in seen_inputs:
+            seen_inputs.add(result.label)
+            record.inputs.append(dataset_input(context, result, f"sweep: {result.label}"))
         for name, key in result.cache_keys.items():
             record.tags[f"features.{name}"] = key
         if not result.finals:
@@ -624,13 +635,13 @@ def parent_close_record(
             {o.plan_name: _plain(o.chosen_config) for o in result.outcomes}, indent=1
         )
         record.figures[f"confusion/{row_name}.png"] = confusion_figure(
-            f"{task.name} {result.variant} ({result.protocol}), outer test, pooled",
+            f"{task.name} {result.label} ({result.protocol}), outer test, pooled",
             result.confusion,
-            task.classes,
+            TASKS[result.task].classes,
         )
         if result.left_out:
             lines = "\n".join(f"{clip}: {reason}" for clip, reason in result.left_out)
-            record.texts[f"left_out/{result.variant}.txt"] = lines + "\n"
+            record.texts[f"left_out/{result.label}.txt"] = lines + "\n"
         for outcome in result.outcomes:
             for name, figure in optuna_figures(outcome).items():
                 record.figures[f"optuna/{outcome.plan_name}-{name}.png"] = figure
@@ -643,7 +654,7 @@ def best_model_records(context: SweepContext, results: list[VariantResult]) -> l
     records = []
     by_variant: dict[str, list[VariantResult]] = {}
     for result in results:
-        by_variant.setdefault(result.variant, []).append(result)
+        by_variant.setdefault(result.label, []).append(result)
     for variant, rows in by_variant.items():
         rows = sorted(rows, key=lambda r: r.protocol not in ACTOR_PROTOCOLS)
         candidates = [

@@ -48,7 +48,7 @@ from orchestrate.config import RunConfig
 from orchestrate.console import progress_bar, route_logs, routed_log, say
 from orchestrate.datasets.filesystem import resolve_filesystem
 from orchestrate.errors import InputError
-from orchestrate.features import feature_source
+from orchestrate.features import feature_source, variant_modalities
 from orchestrate.protocols import make_folds, validation_splits
 from orchestrate.search_spaces import SearchSpace, load_search_space
 from orchestrate.stages.trials import (
@@ -58,7 +58,7 @@ from orchestrate.stages.trials import (
     train_trial,
 )
 from tasks import TASKS
-from tasks.common import MODALITY_PREFIX, FeatureSet, TaskSpec
+from tasks.common import FeatureSet, TaskSpec
 
 
 class VariantFailed(RuntimeError):
@@ -90,10 +90,12 @@ class StudyPlan:
     seed: int
     sweep_dir: str  # local path or s3://bucket/prefix; the study's results go in <name>/
     storage_options: dict[str, str] = field(default_factory=dict)
+    beside: str = ""  # the paper whose table this (baseline) study's row sits in
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.variant}-{self.protocol}-fold{self.fold}"
+        prefix = f"{self.beside}-" if self.beside else ""
+        return f"{prefix}{self.task}-{self.variant}-{self.protocol}-fold{self.fold}"
 
     @property
     def epochs(self) -> int:
@@ -158,6 +160,13 @@ class VariantResult:
     clips: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
     manifest_uri: str = ""
     note: str = ""  # e.g. which network of the row's features ran on random weights
+    # The paper whose ablation table this row sits in, when it is the baseline beside it.
+    beside: str = ""
+
+    @property
+    def label(self) -> str:
+        """The row's name in its table: ``audio``, or ``baseline-audio`` beside a paper."""
+        return f"{self.task}-{self.variant}" if self.beside else self.variant
 
     @property
     def finals(self) -> list[FinalModel]:
@@ -424,15 +433,7 @@ def variant_modality(config: RunConfig, task: TaskSpec, variant: str) -> str:
 
     A column's modality is its extractor's, or the name a ``modality.<name>`` column gives.
     """
-    from orchestrate.extractors import EXTRACTORS
-
-    def modality(column: str) -> str:
-        prefix, array = column.split(".", 1)
-        if prefix == MODALITY_PREFIX:
-            return array
-        return getattr(EXTRACTORS.get(prefix), "modality", "video")
-
-    modalities = {modality(column) for column in task.variant(variant).columns}
+    modalities = variant_modalities(task, variant)
     return "fused" if len(modalities) > 1 else modalities.pop()
 
 
@@ -460,22 +461,37 @@ def plan_task(
     variants: list[str],
     overrides: dict[str, Any],
     sweep_dir: str,
+    beside: tuple[TaskSpec, list[str]] | None = None,
 ) -> SweepPlan:
-    """Load each variant's features once, split them, and plan one study per outer fold."""
+    """Load each variant's features once, split them, and plan one study per outer fold.
+
+    ``beside=(paper, protocols)`` plans the baseline's rows for that paper's table: its
+    clips and emotions only, under those protocols (none of them labelled the paper's).
+    """
     task = TASKS[task_name]
     space = load_search_space(task_name)
     plan = SweepPlan(rows=[], studies=[])
+    only_labels = beside[0].classes if beside else ()
     for variant in variants:
-        protocols = protocols_for(config, task, variant)
+        if beside:
+            protocols = [(protocol, False) for protocol in beside[1]]
+        else:
+            protocols = protocols_for(config, task, variant)
         rows = [
             VariantResult(
-                task_name, variant, p, config.sweep.selection, is_paper, len(task.classes)
+                task_name,
+                variant,
+                p,
+                config.sweep.selection,
+                is_paper,
+                len(task.classes),
+                beside=beside[0].name if beside else "",
             )
             for p, is_paper in protocols
         ]
         plan.rows.extend(rows)
         try:
-            source = feature_source(config, task, variant)
+            source = feature_source(config, task, variant, only_labels)
             for row in rows:
                 row.modality = variant_modality(config, task, variant)
                 row.cache_keys = {name: key.directory for name, key in source.keys.items()}
@@ -558,6 +574,7 @@ def study_plans(
                 num_samples=config.sweep.num_samples,
                 max_concurrent=config.sweep.max_concurrent,
                 max_failures=config.sweep.max_failures,
+                beside=row.beside,
                 resources=resources,
                 seed=config.seed,
                 sweep_dir=sweep_dir,
