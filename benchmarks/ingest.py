@@ -18,7 +18,9 @@ Two generated corpora, N clips (``--actors`` x 8 emotions x ``--clips-per-emotio
   process, computing the same features (decode, faces, extractors, networks per clip), with
   the libraries' default thread pools and again with OpenCV and torch on one thread;
 - peak resident memory of the driver (this process) and of Ray's worker processes while
-  ingesting N and 4N clips (flat means it does not grow with the number of clips).
+  ingesting N and 4N clips (flat means it does not grow with the number of clips);
+- what a network actor pays before its first clip, in a fresh process on the quiet
+  machine: importing torch, building VGG16 and loading the FER CNN (part of the fixed cost).
 
 Prints a Markdown table of seconds and ratios for BENCHMARKS.md.
 """
@@ -26,8 +28,11 @@ Prints a Markdown table of seconds and ratios for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -174,6 +179,37 @@ def age_access_times(paths: list[Path]) -> dict[Path, int]:
     return {path: path.stat().st_atime_ns for path in paths}
 
 
+# A network actor's start, in a fresh interpreter: what each ingest's actors pay once.
+NETWORK_LOAD = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+from orchestrate.extractors import build_extractor
+timings = {"import": time.perf_counter() - started}
+torch.set_num_threads(1)
+for name, params in json.loads(sys.argv[1]).items():
+    started = time.perf_counter()
+    embed = build_extractor(name, params).make_embedder()
+    getattr(embed, "_load", lambda: None)()
+    timings[name] = time.perf_counter() - started
+print(json.dumps(timings))
+"""
+
+
+def time_network_load(fer_model: str | None) -> dict[str, float]:
+    networks = {
+        "song_vgg16": {"weights": "random"},
+        "mitseas_fer": {"model_path": fer_model or "random"},
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", NETWORK_LOAD, json.dumps(networks)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def start_ray(cpus: int) -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -196,6 +232,7 @@ def main() -> None:
     synthesize_corpus(large, 4 * args.actors, args.clips_per_emotion, seed=0, progress=False)
     n, n4 = len(media_files(small)), len(media_files(large))
 
+    load = time_network_load(args.fer_model)
     start_ray(2)
     time_decode_floor(small)  # warm-up: worker start, imports, page cache
     floor = time_decode_floor(small)
@@ -258,6 +295,11 @@ def main() -> None:
             "peak driver memory",
             f"{memory_n.driver / mib:.0f} MiB ({n}) / {memory_4n.driver / mib:.0f} MiB ({n4})",
             f"{memory_4n.driver / max(memory_n.driver, 1):.2f}x (target ≤ 1.10x)",
+        ),
+        (
+            "network actor start, one process (import torch + orchestrate, VGG16, FER CNN)",
+            f"{sum(load.values()):.1f}",
+            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in load.items()),
         ),
         (
             "peak Ray worker memory",

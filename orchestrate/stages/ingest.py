@@ -307,6 +307,10 @@ def _memory_request(need: int) -> int:
     return max(1, min(need, share))
 
 
+# Clips per Ray Data block (the unit of streaming, of a store write and of a retry).
+CLIPS_PER_BLOCK = 8
+
+
 @dataclass(frozen=True)
 class StoreWrite:
     """What a block's writer needs: the store and, per extractor, its key and stored arrays."""
@@ -360,8 +364,10 @@ def _extract(
         store.storage_options,
         tuple((e.name, extractor_key(e, faces), tuple(e.outputs)) for e in extractors),
     )
-    # Small datasets: explicit blocks so every core gets work (one block per CPU otherwise).
-    blocks = max(1, min(len(work), 4 * _cluster_cpus()))
+    # Explicit blocks: at least four per CPU so every core gets work on a small dataset,
+    # and at most CLIPS_PER_BLOCK clips each, so what a worker holds at once (a block's
+    # crops and payloads) does not grow with the corpus.
+    blocks = max(1, min(len(work), max(4 * _cluster_cpus(), -(-len(work) // CLIPS_PER_BLOCK))))
     dataset = ray.data.from_items(work, override_num_blocks=blocks)
     networks = [e for e in extractors if e.make_embedder() is not None]
     gpus = int(ray.cluster_resources().get("GPU", 0))
