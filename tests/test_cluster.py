@@ -65,7 +65,7 @@ def sweep_command(corpus: Path, workspace: Path, tracking_uri: str) -> str:
         "sweep", "--workspace", workspace, "--tracking-uri", tracking_uri,
         f"dataset.root={corpus}", EMODAL_EXTRACTORS, "tasks={emodal: {variants: [audio]}}",
         "sweep.num_samples=1", "sweep.max_epochs=1", "sweep.folds=3",
-        "sweep.protocols=[actor-kfold]", "--quiet",
+        "sweep.protocols=[actor-kfold]", "sweep.baseline=[]", "--quiet",
     )  # fmt: skip
 
 

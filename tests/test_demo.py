@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrate.config import load_config
+from orchestrate.features import baseline_beside
 from tasks import TASKS
 
 
@@ -67,6 +69,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert f"## {name}" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{workspace / 'mlflow.db'}" in out
 
+    demo = load_config("demo", [f"workspace={workspace}"])
+    beside = {
+        run.name: [f"baseline-{v}" for v in baseline_beside(demo, TASKS[run.name], run.variants)]
+        for run in demo.task_runs()
+    }
+    assert all(beside[name] for name in swept)  # each paper has the baseline beside it
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("orchestrate")
     runs = client.search_runs([experiment.experiment_id], max_results=500)
@@ -86,8 +94,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         table = json.loads(Path(local).read_text())  # mlflow's log_table layout
         column = table["columns"].index
         rows = [(row[column("variant")], row[column("protocol")]) for row in table["data"]]
-        # The demo sweeps the speaker-independent protocol only (demo.yaml: its budget).
-        assert rows == [(variant, "actor-kfold") for variant in task.variants]
+        # The demo sweeps the speaker-independent protocol only (demo.yaml: its budget); the
+        # baseline's rows follow the paper's, under the same protocol.
+        assert rows == [(variant, "actor-kfold") for variant in [*task.variants, *beside[name]]]
         for row in table["data"]:
             assert row[column("selection")] == "nested"
             assert row[column("chance_uar")] == round(1 / len(task.classes), 4)

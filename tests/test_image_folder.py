@@ -47,6 +47,7 @@ SMALL = [
     "sweep.max_epochs=1",
     "sweep.folds=2",
     "sweep.protocols=[actor-kfold]",
+    "sweep.baseline=[]",
     "sweep.max_concurrent=1",
 ]
 

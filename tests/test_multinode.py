@@ -157,6 +157,7 @@ def s3_config(
             "store.uri=s3://store/features",
             f"store.endpoint_url={moto_s3.endpoint_url}",
             "store.region=us-east-1",
+            "sweep.baseline=[]",  # the mechanisms, on the named extractors and rows alone
             *(selection or (AUDIO, EMODAL_AUDIO)),
             *overrides,
         ],

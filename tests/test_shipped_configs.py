@@ -17,8 +17,9 @@ import openpyxl
 import pytest
 import ray
 
-from orchestrate.config import load_config, shipped_configs
+from orchestrate.config import RunConfig, TaskRun, load_config, shipped_configs
 from orchestrate.corpus import synthesize_corpus
+from orchestrate.features import baseline_beside
 from orchestrate.pipeline import ingest, sweep
 from tasks import TASKS
 
@@ -91,7 +92,7 @@ def test_a_shipped_config_sweeps_on_tiny_data(
     summary = ingest(config, progress=False)
     assert summary.ok == summary.clips > 0
     tables = sweep(config, progress=False)
-    expected = {run.name: run.variants for run in config.task_runs()}
+    expected = {run.name: run.variants + beside(config, name, run) for run in config.task_runs()}
     assert set(tables) == set(expected)
     for task_name, table in tables.items():
         assert list(table["variant"]) == expected[task_name]
@@ -101,6 +102,14 @@ def test_a_shipped_config_sweeps_on_tiny_data(
         chance = round(1 / len(TASKS[task_name].classes), 4)
         assert (table["chance_uar"] == chance).all()
         assert table["uar"].between(0, 1).all()
+
+
+def beside(config: RunConfig, name: str, run: TaskRun) -> list[str]:
+    """The baseline's rows in a paper's table, after the paper's own. The SFEW table holds
+    no ``modality.video`` for the baseline's video model: Wang's table has none."""
+    if name == "wang_sfew":
+        return []
+    return [f"baseline-{v}" for v in baseline_beside(config, TASKS[run.name], run.variants)]
 
 
 @pytest.mark.slow
@@ -115,7 +124,7 @@ def test_sweep_exits_one_when_a_row_cannot_be_swept(
         [
             "run", "--config", "mitseas_ravdess", "--workspace", str(workspace), "--quiet",
             f"store.uri={data['base'] / 'store'}", f"dataset.root={data['corpus']}",
-            *SMALL, "sweep.protocols=[actor-kfold, paper]",
+            *SMALL, "sweep.protocols=[actor-kfold, paper]", "sweep.baseline=[]",
             "tasks.mitseas.variants=[audio-all-actors]",
         ]
     )  # fmt: skip

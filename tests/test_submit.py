@@ -64,7 +64,7 @@ def test_submit_runs_orchestrate_on_the_cluster(ray_head: RayHead, tmp_path: Pat
                 "ingest": {"extractors": {"emodal_audio": {}}},
                 "tasks": {"emodal": {"variants": ["audio"]}},
                 "sweep": {"protocols": ["actor-kfold"], "folds": 2, "num_samples": 1,
-                          "max_epochs": 1},
+                          "max_epochs": 1, "baseline": []},
             }
         )
     )  # fmt: skip

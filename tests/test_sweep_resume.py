@@ -19,6 +19,7 @@ ARGS = [
     "dataset.root={corpus}",
     "tasks={{emodal: {{variants: [audio]}}}}",
     "sweep.protocols=[actor-kfold]",
+    "sweep.baseline=[]",  # the mechanism, on the paper's row alone
     "sweep.folds=2",
     f"sweep.num_samples={NUM_SAMPLES}",
     "sweep.max_concurrent=1",

@@ -78,6 +78,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackedSweep]:
             f"dataset.root={corpus}",
             f"tasks={{emodal: {{variants: [{', '.join(VARIANTS)}]}}}}",
             "sweep.protocols=[actor-kfold]",
+            "sweep.baseline=[]",  # the mechanism, on the paper's rows alone
             f"sweep.folds={FOLDS}",
             f"sweep.num_samples={NUM_SAMPLES}",
             "sweep.max_epochs=1",
