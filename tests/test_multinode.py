@@ -510,9 +510,6 @@ def test_worker_node_lost_mid_sweep_resumes_its_trial_from_a_checkpoint(
         wait_until(a_trial_is_mid_way, "a trial mid-way on a worker node")
         assert driver.is_alive(), f"the sweep ended before a node could be lost: {seen[-20:]}"
         cluster.remove_node(target["node"], allow_graceful=False)
-        # The trial may have checkpointed again between the watch and the removal: what it
-        # had on S3 once its node was gone (its retry has not started yet) bounds the resume.
-        target["epochs"] = max(target["epochs"], trial_progress(moto_s3).get(target["trial"], 0))
         print(f"removed the node running {target['trial']} after {target['epochs']} epochs")
         driver.join(WAIT_S)
         assert not driver.is_alive(), "the sweep did not finish after the node was lost"
@@ -538,7 +535,9 @@ def test_worker_node_lost_mid_sweep_resumes_its_trial_from_a_checkpoint(
     resumed = max(row.get("resumed_from_epoch", 0) for row in lost["history"])
     print(f"the lost trial resumed from epoch {resumed:.0f} and trained to epoch "
           f"{lost['history'][-1]['training_iteration']:.0f}")  # fmt: skip
-    # Retried from a checkpoint (not from scratch), no later than where it was lost, and
-    # trained to the end: it was past ASHA's only rung before the last epoch.
-    assert 1 <= resumed <= target["epochs"], lost["history"]
+    # Retried from its last checkpoint Tune had, not from scratch, and trained to the end: it
+    # was past ASHA's only rung before the last epoch. Tune's last checkpoint may be one
+    # behind what S3 showed (uploaded, its report not yet at the driver when the node went),
+    # or ahead (a killed node's worker may finish an epoch before it exits).
+    assert target["epochs"] - 1 <= resumed < SWEEP_EPOCHS, lost["history"]
     assert lost["history"][-1]["training_iteration"] == SWEEP_EPOCHS, lost["history"]
