@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(demo, config_file=False)
     demo.add_argument("--actors", type=int, default=8, help="actors in the generated corpus")
-    demo.add_argument("--clips-per-emotion", type=int, default=2)
+    demo.add_argument(
+        "--clips-per-emotion",
+        type=int,
+        default=3,
+        help="clips per emotion and actor (3: 192 clips; fewer makes the fusion margins noise)",
+    )
     demo.set_defaults(command=cmd_demo)
 
     submit = commands.add_parser(
