@@ -363,6 +363,13 @@ def test_the_fusion_verdict_reads_the_table() -> None:
         "emodal/video (actor-kfold): test UAR 0.233 is not above chance (0.250) with 0 trials"
     )
     assert "raise sweep.num_samples" in line
+    # A row whose network ran on random weights says so instead of asking for more budget.
+    random_video = row("video", [0.25, 0.20, 0.25])
+    random_video.note = "random weights: song_vgg16"
+    (line,) = chance_lines("emodal", ablation_table(emodal.SPEC, [rows[0], random_video]))
+    assert line.endswith(
+        "its features come from random weights: song_vgg16 (give the network's trained weights)"
+    )
 
 
 def test_the_baselines_rows_sit_in_the_papers_table_without_its_numbers() -> None:

@@ -235,16 +235,23 @@ def chance_lines(task: str, table: pd.DataFrame) -> list[str]:
     """One line per swept row whose outer-test UAR is not above chance, saying what to raise.
 
     Such a row did not learn within the run's budget (trials, epochs, clips) or its
-    features carry too little about the classes; the table still shows its number.
+    features carry too little about the classes (a network on random weights: the row's
+    note names it); the table still shows its number.
     """
     lines = []
     for row in table[table["n"] > 0].to_dict("records"):
         if _finite(row["uar"]) and row["uar"] <= row["chance_uar"]:
+            note = row.get("note") or ""
+            why = (
+                f"its features come from {note} (give the network's trained weights)"
+                if note.startswith("random weights")
+                else "too small a budget or too little in its features "
+                "(raise sweep.num_samples, the task's epochs, or the corpus' clips)"
+            )
             lines.append(
                 f"{task}/{row['variant']} ({row['protocol']}): test UAR {row['uar']:.3f} is not "
                 f"above chance ({row['chance_uar']:.3f}) with {row['trials']} trials over "
-                f"{row['folds']} folds: too small a budget or too little in its features "
-                "(raise sweep.num_samples, the task's epochs, or the corpus' clips)"
+                f"{row['folds']} folds: {why}"
             )
     return lines
 
