@@ -367,8 +367,11 @@ def test_killed_ingest_keeps_its_blocks_and_the_rerun_computes_only_the_rest(
 ) -> None:
     """``orchestrate ingest`` (its own one-CPU Ray) is killed with SIGKILL once a first block
     is on S3. What it wrote stays, untouched; the rerun, on the multi-node cluster, decodes
-    only the clips without a row, and every clip ends with one row."""
-    clips = corpus_on_s3(moto_s3, tmp_path / "corpus", actors=2)
+    only the clips without a row, and every clip ends with one row. 64 clips: the one-CPU
+    ingest writes 8 blocks one after another, so blocks are still to come when the watch
+    sees the first (with 16 clips its 4 short audio blocks could all land between two
+    looks)."""
+    clips = corpus_on_s3(moto_s3, tmp_path / "corpus", actors=8)
     config = s3_config(moto_s3, tmp_path / "ws")
     command = [
         sys.executable, "-m", "orchestrate", "ingest", "--quiet", "--workspace",
