@@ -30,7 +30,7 @@ import optuna
 import pandas as pd
 
 from orchestrate.protocols import ACTOR_PROTOCOLS
-from orchestrate.stages.sweep import StudyOutcome, VariantResult
+from orchestrate.stages.sweep import RANDOM_WEIGHTS, StudyOutcome, VariantResult
 from orchestrate.stages.trials import METRICS, read_exported
 from orchestrate.tracking import DatasetRef, ModelRef, RunRecord
 from tasks import TASKS
@@ -244,7 +244,7 @@ def chance_lines(task: str, table: pd.DataFrame) -> list[str]:
             note = row.get("note") or ""
             why = (
                 f"its features come from {note} (give the network's trained weights)"
-                if note.startswith("random weights")
+                if note.startswith(RANDOM_WEIGHTS)
                 else "too small a budget or too little in its features "
                 "(raise sweep.num_samples, the task's epochs, or the corpus' clips)"
             )

@@ -414,6 +414,10 @@ def protocols_for(config: RunConfig, task: TaskSpec, variant: str) -> list[tuple
     return list(resolved.items())
 
 
+# How a row's note begins when a network of its features ran on random weights.
+RANDOM_WEIGHTS = "random weights"
+
+
 def random_weights_note(config: RunConfig, keys: dict[str, Any]) -> str:
     """Names the extractors of a row whose network ran on random weights (none: "")."""
     from orchestrate.extractors import EXTRACTORS, build_extractor
@@ -425,7 +429,7 @@ def random_weights_note(config: RunConfig, keys: dict[str, Any]) -> str:
         params = build_extractor(name, config.ingest.extractors.get(name, {})).params
         if "random" in (params.get("model_path"), params.get("weights")):
             random.append(name)
-    return f"random weights: {', '.join(random)}" if random else ""
+    return f"{RANDOM_WEIGHTS}: {', '.join(random)}" if random else ""
 
 
 def variant_modality(config: RunConfig, task: TaskSpec, variant: str) -> str:
