@@ -22,6 +22,13 @@ Choices the paper leaves open, made here:
   hidden state at each clip's own last frame, so padding never reaches the model.
 - *Inputs* are standardised per feature dimension with statistics of the training split's
   frames only (fitted inside the trainer).
+- *Clip centring* (``video_clip_centred``, off by default: not in the paper) subtracts each
+  clip's mean video feature from its frames before standardising, so the video GRU reads how
+  the face changes over the clip and not what stays constant in it (background, identity,
+  lighting). Frozen ImageNet features carry the expression in the frame itself; features of
+  a randomly initialised VGG16 (the demo, offline) are dominated by what is constant, and a
+  linear probe on their clip means is at chance while one on their change from the clip's
+  mean is not.
 - *Training* is not described (optimiser, learning rate, batch size, epochs): Adam,
   cross-entropy on the softmax layer's logits, the defaults of ``SongKnobs``. A final training
   batch of one clip is dropped when batch norm is on (its batch variance is undefined).
@@ -65,6 +72,7 @@ class SongKnobs(Knobs):
     video_gru_layers: int = 1  # Table I best: 1 layer, 512 units, with batch norm (79%)
     video_gru_units: int = 512
     video_batch_norm: bool = True
+    video_clip_centred: bool = False  # not in the paper: frames minus their clip's mean
     audio_gru_layers: int = 3  # Table II best: 3 layers, 256 units, with batch norm (80%)
     audio_gru_units: int = 256
     audio_batch_norm: bool = True
@@ -81,7 +89,7 @@ class SongKnobs(Knobs):
 
 
 _SHARED_KNOBS = ("fc_units", "dropout", "lr", "batch_size", "epochs")
-_VIDEO_KNOBS = ("video_gru_layers", "video_gru_units", "video_batch_norm")
+_VIDEO_KNOBS = ("video_gru_layers", "video_gru_units", "video_batch_norm", "video_clip_centred")
 _AUDIO_KNOBS = ("audio_gru_layers", "audio_gru_units", "audio_batch_norm")
 # Tables I and II (single branches) are one random 80/20 split, the fused model's 90% is
 # 10-fold cross-validation.
@@ -251,10 +259,12 @@ class SongTrainer:
         self.dims: dict[str, int] = {}
         train_sequences: dict[str, list[torch.Tensor]] = {}
         for name in self.branch_names:
-            arrays = checked_sequences(train, BRANCH_COLUMNS[name])
+            arrays = self._centred(name, checked_sequences(train, BRANCH_COLUMNS[name]))
             self.dims[name] = arrays[0].shape[1]
             self.scalers[name] = StandardScaler().fit(np.concatenate(arrays))
-            train_sequences[name] = self._standardised(name, arrays)
+            train_sequences[name] = [
+                torch.from_numpy(self.scalers[name].transform(a).astype(np.float32)) for a in arrays
+            ]
 
         with seeded(seed):
             branches = {
@@ -275,9 +285,19 @@ class SongTrainer:
         # Batch norm cannot train on a batch of one clip: drop such a last batch.
         self.drop_last = uses_batch_norm and len(train) % knobs.batch_size == 1
 
+    def _centred(self, name: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Each clip's frames minus the clip's mean frame, when the branch asks for it."""
+        if getattr(self.knobs, f"{name}_clip_centred", False):
+            return [a - a.mean(axis=0, keepdims=True) for a in arrays]
+        return arrays
+
     def _standardised(self, name: str, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Clip-centred (when asked) and standardised with the training frames' statistics."""
         scaler = self.scalers[name]
-        return [torch.from_numpy(scaler.transform(a).astype(np.float32)) for a in arrays]
+        return [
+            torch.from_numpy(scaler.transform(a).astype(np.float32))
+            for a in self._centred(name, arrays)
+        ]
 
     def _to_device(
         self, sequences: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -359,8 +379,13 @@ class SongTrainer:
             model,
             inputs,
             "Song: per branch (" + ", ".join(self.branch_names) + ") a (clips, time, dim) "
-            "batch standardised per feature with the training frames' StandardScaler, "
-            "zero-padded, then its int64 lengths",
+            "batch standardised per feature with the training frames' StandardScaler"
+            + (
+                " (video frames minus their clip's mean frame first)"
+                if "video" in self.branch_names and self.knobs.video_clip_centred
+                else ""
+            )
+            + ", zero-padded, then its int64 lengths",
         )
 
 

@@ -182,6 +182,55 @@ def test_standardisation_uses_the_training_frames_only() -> None:
     )
 
 
+def test_a_clip_centred_video_branch_ignores_what_stays_constant_in_a_clip() -> None:
+    """With ``video_clip_centred`` a per-clip offset of every frame changes nothing; without
+    it, it does (the branch reads the frames as they are, as the paper's)."""
+    train, clips = synthetic_clips(20), synthetic_clips(8, seed=3)
+    rng = np.random.default_rng(4)
+    offset = clips.subset(list(range(len(clips))))
+    offset.columns[song.VIDEO_COLUMN] = [
+        a + rng.normal(scale=3.0, size=(1, a.shape[1])).astype(np.float32)
+        for a in clips.columns[song.VIDEO_COLUMN]
+    ]
+    for centred in (True, False):
+        trainer = song.make_trainer({**SMALL, "video_clip_centred": centred}, "video", train, 0)
+        trainer.fit_epoch()
+        same = np.allclose(
+            trainer.predict_proba(clips), trainer.predict_proba(offset), rtol=1e-4, atol=1e-5
+        )
+        assert same is centred
+
+
+def test_clip_centring_lets_the_video_branch_learn_a_change_under_a_constant() -> None:
+    """The class shows as a rise and fall of its own dimensions under a clip-constant offset
+    ten times larger (a random network's features of a face on its background): centred, the
+    branch learns it; reading the frames as they are, it stays near chance."""
+
+    def clips(n: int, seed: int) -> FeatureSet:
+        rng = np.random.default_rng(seed)
+        features = synthetic_clips(n, seed)
+        video = []
+        for noise, label in zip(features.columns[song.VIDEO_COLUMN], features.labels, strict=True):
+            pattern = np.zeros(512, dtype=np.float32)
+            pattern[label * 64 : (label + 1) * 64] = 1.0
+            rise = np.sin(np.linspace(0.0, np.pi, len(noise)))[:, None].astype(np.float32)
+            constant = rng.normal(scale=10.0, size=(1, 512)).astype(np.float32)
+            video.append(constant + rise * pattern + 0.1 * noise)
+        features.columns[song.VIDEO_COLUMN] = video
+        return features
+
+    train, test = clips(64, 0), clips(32, 1)
+    accuracy = {}
+    for centred in (True, False):
+        config = {**SMALL, "video_clip_centred": centred, "lr": 3.0e-3}
+        trainer = song.make_trainer(config, "video", train, seed=0)
+        for _ in range(10):
+            trainer.fit_epoch()
+        predicted = trainer.predict_proba(test)
+        accuracy[centred] = evaluate(test.labels, predicted, len(song.CLASSES)).accuracy
+    assert accuracy[True] > 0.8 and accuracy[False] < 0.4, accuracy  # chance is 1/8
+
+
 def test_unknown_variant_lists_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="audio, video, fused"):
         song.make_trainer(SMALL, "text", synthetic_clips(4), seed=0)
@@ -263,6 +312,7 @@ def test_search_space_values_are_accepted_by_the_task() -> None:
         "video_gru_layers",
         "video_gru_units",
         "video_batch_norm",
+        "video_clip_centred",
         "audio_gru_layers",
         "audio_gru_units",
         "audio_batch_norm",
