@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, StratifiedKFold, StratifiedShuffleSplit
 
 # SPEC's speaker-independent split of the 24 RAVDESS actors.
 RAVDESS_ACTOR_FOLDS: tuple[tuple[int, ...], ...] = (
@@ -43,6 +42,10 @@ def make_folds(
     protocol: str, actors: np.ndarray, labels: np.ndarray, n_folds: int, seed: int
 ) -> list[Fold]:
     """Split clips into folds under ``protocol``; raises ValueError when it can't be done."""
+    # Imported here: the config imports this module, and an ingest worker (which reads the
+    # config's dataclasses but never folds) would pay about a second for scikit-learn.
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, StratifiedShuffleSplit
+
     actors = np.asarray(actors).astype(str)
     labels = np.asarray(labels)
     index = np.arange(len(labels))
@@ -105,6 +108,8 @@ def validation_splits(
     inner GroupKFold. Otherwise a stratified ``fraction`` hold-out (or StratifiedKFold).
     Indices are positions in ``actors``/``labels``. Raises ValueError when it can't be done.
     """
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, StratifiedShuffleSplit
+
     actors = np.asarray(actors).astype(str)
     labels = np.asarray(labels)
     index = np.arange(len(labels))

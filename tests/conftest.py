@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ pytest_plugins = ["s3_server", "ray_head", "mlflow_server"]
 # Local test clusters (ray.init) run without token auth, so they don't write
 # ~/.ray/auth_token; the ray_head fixture sets token auth explicitly for its own head.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# The torch hub cache (where VGG16's seeded random initialisation is kept once built) under a
+# temp dir rather than the user's home; a TORCH_HOME already set is kept.
+os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="orchestrate-tests-torch-"))
 
 # ../shared/data beside the checkout: real samples, never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -418,6 +418,55 @@ def test_vgg16_embedder_end_to_end_with_random_weights(
     np.testing.assert_allclose(alone, outputs[1]["features"], rtol=1e-4, atol=1e-5)
 
 
+def test_memoised_chroma_tables_leave_pyaudioanalysis_features_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrate.extractors.pyaudioanalysis import pyaudioanalysis
+
+    short_term, mid_term = pyaudioanalysis()
+    memoised = short_term.chroma_features_init
+    assert memoised.cache_info() is not None
+    signal = np.random.default_rng(0).standard_normal(3 * 16_000) * 3000.0
+    fast = short_term.feature_extraction(signal, 16_000, 800, 400, deltas=True)[0]
+    fast_mid = mid_term.mid_feature_extraction(signal, 16_000, 16_000, 8000, 800, 800)[0]
+    assert memoised.cache_info().hits > 0  # the tables were built once, then reused
+    monkeypatch.setattr(short_term, "chroma_features_init", memoised.__wrapped__)
+    np.testing.assert_array_equal(
+        short_term.feature_extraction(signal, 16_000, 800, 400, deltas=True)[0], fast
+    )
+    np.testing.assert_array_equal(
+        mid_term.mid_feature_extraction(signal, 16_000, 16_000, 8000, 800, 800)[0], fast_mid
+    )
+
+
+def test_vgg16_random_weights_are_torchvisions_seeded_init_built_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torch
+    from torchvision.models import vgg16
+
+    from orchestrate.extractors.vgg16 import RANDOM_INIT_SEED, Vgg16Block5Embedder
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        expected = vgg16(weights=None).features.state_dict()
+
+    def assert_expected(embedder: Vgg16Block5Embedder) -> None:
+        got = embedder.features.state_dict()
+        assert sorted(got) == sorted(expected)
+        assert all(torch.equal(got[key], expected[key]) for key in expected)
+
+    before = torch.get_rng_state()
+    assert_expected(Vgg16Block5Embedder("random", device="cpu"))  # built, then kept
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
+    (cached,) = (tmp_path / "hub" / "checkpoints").glob("orchestrate-vgg16-*random*.pt")
+    assert_expected(Vgg16Block5Embedder("random", device="cpu"))  # read from the cache
+    cached.write_bytes(b"torn")  # a file that can't be read is built again
+    assert_expected(Vgg16Block5Embedder("random", device="cpu"))
+    assert cached.stat().st_size > 50 * 2**20
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("orchestrate.extractors.fer_cnn") is None,
     reason="orchestrate/extractors/fer_cnn.py not written yet",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,18 @@ def _age_access_times(paths: list[Path]) -> dict[Path, int]:
 def _hashes(store: FeatureStore, root: Path) -> dict[str, str]:
     manifest = store.read_manifest("ravdess", str(root))
     return dict(zip(manifest["clip_id"], manifest["content_hash"], strict=True))
+
+
+def test_an_ingest_worker_imports_neither_the_tasks_nor_scikit_learn() -> None:
+    # The worker side of ingest is its own module so that each network actor's start pays
+    # for the extractors only (about 2 s less on 2 cores, BENCHMARKS.md).
+    code = (
+        "import sys, orchestrate.stages.ingest_worker; "
+        "print(sorted(m for m in ('tasks', 'sklearn', 'orchestrate.stages.ingest', 'optuna', "
+        "'mlflow', 'ray.tune') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_identity_check_reads_no_media_when_warm_and_rehashes_touched_clips(

@@ -10,7 +10,6 @@ needs a 3-D face model the paper does not name, and is left out. The audio is do
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from orchestrate.extractors.base import (
     middle_face_position,
     require_positive,
 )
+from orchestrate.extractors.pyaudioanalysis import pyaudioanalysis
 
 # pyAudioAnalysis reads int16-scaled samples (it divides by 2**15 itself).
 INT16_SCALE = 32768.0
@@ -101,13 +101,7 @@ def pyaudioanalysis_short_term(
     samples: np.ndarray, sample_rate: int, window: int, step: int
 ) -> np.ndarray:
     """pyAudioAnalysis short-term features with deltas: ``(68, windows)``."""
-    with warnings.catch_warnings():
-        # pyAudioAnalysis's imports warn: pydub finds no ffmpeg (we decode with PyAV and
-        # never use pydub), and it uses deprecated scipy/stdlib modules.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from pyAudioAnalysis import ShortTermFeatures
-
+    ShortTermFeatures, _ = pyaudioanalysis()
     features, _ = ShortTermFeatures.feature_extraction(
         samples.astype(np.float64) * INT16_SCALE, sample_rate, window, step, deltas=True
     )

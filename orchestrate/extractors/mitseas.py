@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +43,7 @@ from orchestrate.extractors.base import (
     video_face_positions,
 )
 from orchestrate.extractors.emodal import INT16_SCALE
+from orchestrate.extractors.pyaudioanalysis import pyaudioanalysis
 
 # Faces per forward pass: bounds the embedder's memory whatever the batch's clip count.
 FER_CHUNK = 512
@@ -92,12 +92,7 @@ class MitseasAudio:
             raise ExtractionError(
                 f"audio shorter than one {self.short_window * 1000:.0f} ms short-term window"
             )
-        with warnings.catch_warnings():
-            # pyAudioAnalysis's imports warn (pydub: no ffmpeg, which we never use; old APIs).
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from pyAudioAnalysis import MidTermFeatures
-
+        _, MidTermFeatures = pyaudioanalysis()
         mid_term, _, _ = MidTermFeatures.mid_feature_extraction(
             samples.astype(np.float64) * INT16_SCALE,
             rate,

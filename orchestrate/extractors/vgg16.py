@@ -11,6 +11,7 @@ initialisation only when the config asks for it, and then recorded in ``weights_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,40 @@ def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], sour
     features.load_state_dict(state, strict=True, assign=True)
 
 
+def random_features_state() -> dict[str, torch.Tensor]:
+    """The ``features`` weights of torchvision's VGG16 initialised under ``RANDOM_INIT_SEED``.
+
+    Building them costs about 2 s of CPU (the whole model is initialised, its 123M-parameter
+    classifier first, since the features' draws come after it in the generator's stream):
+    a network actor paid that at every ingest. They are built once per torch and
+    torchvision version and kept in the torch hub cache beside torchvision's own
+    checkpoints (58 MB); a cached file that can't be read is built again.
+    """
+    import torchvision
+
+    name = (
+        f"orchestrate-vgg16-features-random-seed{RANDOM_INIT_SEED}"
+        f"-torch{torch.__version__}-torchvision{torchvision.__version__}.pt"
+    ).replace("+", "_")
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / name
+    try:
+        return torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # absent, or a partial or foreign file: build it again
+        pass
+    # fork_rng: seed the init without disturbing the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        state = vgg16(weights=None).features.state_dict()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        torch.save(state, partial)
+        os.replace(partial, cache)  # atomic: two actors building at once never tear it
+    except OSError:
+        pass  # a read-only cache: the next build pays again, nothing else changes
+    return state
+
+
 class Vgg16Block5Embedder:
     """Frozen VGG16 conv blocks 1-5 (ending with block 5's max-pool) as a face-crop embedder.
 
@@ -113,10 +148,9 @@ class Vgg16Block5Embedder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = 256  # crops per forward: bounds activation memory (~0.5 GB at 48x48)
         if weights == "random":
-            # fork_rng: seed the init without disturbing the caller's global RNG stream.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_INIT_SEED)
+            with torch.device("meta"):
                 features = vgg16(weights=None).features
+            _load_features(features, random_features_state(), "VGG16's random initialisation")
             self.weights_source = "random"
         else:
             if weights == "imagenet":

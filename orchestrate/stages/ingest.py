@@ -10,12 +10,14 @@ The pipeline, for one dataset:
 2. the work: clips whose (content hash, extractor, version, parameter hash) key has no row
    yet for some requested extractor, and clips whose content hash is not known yet (those
    are hashed first, in the worker, and decoded only if the hash has keys missing);
-3. one Ray Data pass, streamed: one function per clip reads its files once (hash and, on
-   S3, download together), decodes them once (frames → largest-face crops, audio track),
-   runs the clip's missing extractors and serialises their outputs (raw frames never
-   leave that function); the networks (VGG16, FER CNN) then run batched over the block's
-   clips in ``map_batches`` on one actor pool (a GPU per actor when the cluster has
-   GPUs), each network loaded once per actor, in a thread, while its first clips decode;
+3. one Ray Data pass, streamed, whose worker side is ``orchestrate.stages.ingest_worker``
+   (a worker imports it without the tasks and the config): one function per clip reads its
+   files once (hash and, on S3, download together), decodes them once (frames →
+   largest-face crops, audio track), runs the clip's missing extractors and serialises
+   their outputs (raw frames never leave that function); the networks (VGG16, FER CNN)
+   then run batched over the block's clips in ``map_batches`` on one actor pool (a GPU per
+   actor when the cluster has GPUs), each network loaded once per actor, in a thread,
+   while its first clips decode;
 4. as each block finishes, its rows go to the store: one file per extractor, in the
    extractor's own directory, named by the block's content hashes (a retried block
    replaces its file), so a stopped ingest keeps what it wrote and a rerun computes only
@@ -33,17 +35,12 @@ which is never cached as a failed row. ``ingest.retry_failed`` recomputes failed
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
@@ -52,16 +49,20 @@ from orchestrate.config import RunConfig
 from orchestrate.console import progress_bar
 from orchestrate.datasets import DatasetAdapter, StoredAs, dataset_adapter, list_clips
 from orchestrate.datasets.base import Clip
-from orchestrate.datasets.filesystem import (
-    content_hash,
-    file_identities,
-    hashed_local_copy,
-    is_s3_uri,
-)
+from orchestrate.datasets.filesystem import content_hash, file_identities
 from orchestrate.errors import InputError
 from orchestrate.extractors import EXTRACTORS, build_extractor
-from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
+from orchestrate.extractors.base import Extractor
 from orchestrate.features import CLIP_MODALITY_COLUMNS, baseline_beside
+from orchestrate.stages.ingest_worker import (
+    EmbedClips,
+    ExtractClip,
+    StoreWrite,
+    TransientReadError,
+    extractor_key,
+    missing_extractors,
+    retry_args,
+)
 from orchestrate.store import (
     CLIP_COLUMNS,
     SHAPE_SUFFIX,
@@ -72,6 +73,16 @@ from orchestrate.store import (
 )
 from tasks import TASKS
 from tasks.common import MODALITY_PREFIX
+
+__all__ = [
+    "IngestSummary",
+    "TransientReadError",
+    "extractor_key",
+    "requested_extractors",
+    "retry_args",
+    "run_ingest",
+    "table_key",
+]
 
 
 @dataclass
@@ -145,20 +156,6 @@ def requested_extractors(config: RunConfig) -> dict[str, dict[str, Any]]:
     return {name: dict(config.ingest.extractors.get(name) or {}) for name in names}
 
 
-def extractor_key(extractor: Extractor, faces: str = "detect") -> ExtractorKey:
-    """The store key of ``extractor``'s rows: name, version and parameter hash.
-
-    A video extractor's rows also depend on how faces were found (``dataset.faces``): under
-    ``given`` (the frames are face crops already) its parameter hash covers that too, so a
-    change recomputes and never reuses the other's rows; ``detect``, the default, keeps the
-    keys rows had before the setting existed.
-    """
-    params = extractor.params
-    if extractor.modality == "video" and faces != "detect":
-        params = {**params, "faces": faces}
-    return ExtractorKey(extractor.name, extractor.version, param_hash(params))
-
-
 def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     """Fill the feature store for the config's dataset; returns the summary."""
     if config.dataset.root is None:
@@ -212,7 +209,7 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
         if row["content_hash"] is None:
             work.append({**row, "missing": None})  # hashed in the worker, then checked
             continue
-        missing = _missing_extractors(row, row["content_hash"], extractors, cached)
+        missing = missing_extractors(row, row["content_hash"], extractors, cached)
         if missing:
             work.append({**row, "missing": missing})
 
@@ -232,19 +229,6 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     summary.rejected_files = rejected
     summary.skipped_files = dict(listing.skipped)
     return summary
-
-
-class TransientReadError(OSError):
-    """Reading a clip's file failed in a way that may pass (S3 timeout, lost connection).
-
-    Raised, never stored: Ray retries the task, and a clip that still can't be read stops
-    the ingest (what was written stays) instead of being cached as failed.
-    """
-
-
-def retry_args() -> dict[str, Any]:
-    """Ray retries a task whose worker died (by default) and one that raised TransientReadError."""
-    return {"max_retries": 3, "retry_exceptions": [TransientReadError]}
 
 
 def _identify_clips(clips: list[Clip], config: RunConfig, store: FeatureStore) -> list[dict]:
@@ -278,15 +262,6 @@ def _identify_clips(clips: list[Clip], config: RunConfig, store: FeatureStore) -
     return rows
 
 
-def _missing_extractors(
-    row: dict[str, Any], content: str, extractors: list[Extractor], cached: dict[str, Any]
-) -> list[str]:
-    # An audio-only clip has no video extractors to run (and vice versa): not a failure.
-    return [
-        e.name for e in extractors if row[f"{e.modality}_uri"] and content not in cached[e.name]
-    ]
-
-
 def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -311,34 +286,6 @@ def _memory_request(need: int) -> int:
 CLIPS_PER_BLOCK = 8
 
 
-@dataclass(frozen=True)
-class StoreWrite:
-    """What a block's writer needs: the store and, per extractor, its key and stored arrays."""
-
-    store_uri: str
-    storage_options: dict[str, str]
-    extractors: tuple[tuple[str, ExtractorKey, tuple[str, ...]], ...]
-
-    def __call__(self, batch: pd.DataFrame, store: FeatureStore | None = None) -> pd.DataFrame:
-        """Write the batch's computed rows, one file per extractor; return clip outcomes."""
-        store = store or FeatureStore(self.store_uri, self.storage_options)
-        for name, key, outputs in self.extractors:
-            table = to_store_rows(batch, name, key, outputs)
-            if table.num_rows:
-                store.write_rows(key, table)
-        decoded = np.zeros(len(batch), dtype=bool)
-        for name, _, _ in self.extractors:
-            decoded |= (batch[f"{name}.status"] != "cached").to_numpy()
-        # Only what the driver needs: no feature array travels back.
-        return pd.DataFrame(
-            {
-                "clip_id": batch["clip_id"].to_numpy(),
-                "content_hash": batch["content_hash"].to_numpy(),
-                "decoded": decoded,
-            }
-        )
-
-
 def _extract(
     work: list[dict[str, Any]],
     extractors: list[Extractor],
@@ -354,10 +301,9 @@ def _extract(
     # Workers check a freshly hashed clip against the cache themselves: only those need it.
     cached_ref = ray.put(cached) if any(row["missing"] is None for row in work) else None
 
-    def extract_clip(row: dict[str, Any]) -> dict[str, Any]:
-        return extract_one_clip(
-            row, extractors, face_detect_width, storage_options, _cached_sets(cached_ref), faces
-        )
+    extract_clip = ExtractClip(
+        tuple(extractors), face_detect_width, storage_options, faces, cached_ref
+    )
 
     writer = StoreWrite(
         store.uri,
@@ -416,221 +362,6 @@ def _extract(
                 outcomes[clip_id] = (content, bool(decoded))
             bar.update(len(batch))
     return outcomes
-
-
-_CACHED_SETS: dict[str, dict[str, set[str]]] = {}
-
-
-def _cached_sets(ref: ray.ObjectRef | None) -> dict[str, set[str]] | None:
-    """The cache's content hashes, fetched once per worker process."""
-    if ref is None:
-        return None
-    key = ref.hex()
-    if key not in _CACHED_SETS:
-        _CACHED_SETS.clear()
-        _CACHED_SETS[key] = ray.get(ref)
-    return _CACHED_SETS[key]
-
-
-def extract_one_clip(
-    row: dict[str, Any],
-    extractors: list[Extractor],
-    face_detect_width: int,
-    storage_options: dict[str, str],
-    cached: dict[str, set[str]] | None = None,
-    faces: str = "detect",
-) -> dict[str, Any]:
-    """Read one clip once, and decode it once for its missing extractors; failures become reasons.
-
-    ``faces``: ``detect`` finds each frame's largest face; ``given`` takes every frame (or
-    still image) as a face crop already. A still image (``is_image_uri``) is one frame.
-
-    A clip without a known content hash (``row["content_hash"]`` None) is hashed in the
-    same read; its missing extractors are then those without a row in ``cached``. Every
-    row gets the same columns (``<extractor>.status/.reason/.payload``) so that Ray Data
-    blocks share one schema; an extractor whose row is cached gets ``cached``.
-    """
-    import cv2
-
-    from orchestrate.datasets.base import is_image_uri
-    from orchestrate.faces import HaarFaceDetector
-    from orchestrate.media import decode_audio, decode_faces, decode_image
-
-    # One Ray CPU, one thread: Ray already sets OMP_NUM_THREADS=1 for torch in its workers,
-    # and OpenCV's own thread pool would otherwise oversubscribe the node's cores.
-    cv2.setNumThreads(1)
-    uris = {"video": row["video_uri"], "audio": row["audio_uri"]}
-    with ExitStack() as stack:
-        paths, read_errors, content = _read_clip_files(row, stack, storage_options)
-        if row["missing"] is None:
-            assert cached is not None
-            missing_names = _missing_extractors(row, content, extractors, cached)
-        else:
-            missing_names = row["missing"]
-        missing = [e for e in extractors if e.name in missing_names]
-        modalities = [m for m in ("video", "audio") if any(e.modality == m for e in missing)]
-        media: dict[str, ClipMedia] = {}
-        decode_error: dict[str, str] = {}
-        for modality in modalities:
-            uri = uris[modality]
-            still = modality == "video" and is_image_uri(uri)
-            if uri in read_errors:
-                decode_error[modality] = read_errors[uri]("image" if still else modality)
-                continue
-            try:
-                # Each modality decoded once: a clip without audio spares its faces.
-                if modality == "video":
-                    detector = (
-                        HaarFaceDetector(detect_width=face_detect_width)
-                        if faces == "detect"
-                        else None
-                    )
-                    decode = decode_image if still else decode_faces
-                    media[modality] = ClipMedia(faces=decode(paths[uri], detector), audio=None)
-                else:
-                    media[modality] = ClipMedia(faces=None, audio=decode_audio(paths[uri]))
-            except ExtractionError as error:
-                decode_error[modality] = str(error)
-        if "video" in media and "audio" in media:
-            # Extractors of one modality see a ClipMedia as decode_clip gives it.
-            both = ClipMedia(faces=media["video"].faces, audio=media["audio"].audio)
-            media = {"video": both, "audio": both}
-
-        out = {name: row[name] for name in CLIP_COLUMNS if name != "content_hash"}
-        out["content_hash"] = content
-        for extractor in extractors:
-            status, reason, payload = "cached", "", b""
-            if extractor in missing:
-                status = "ok"
-                try:
-                    if extractor.modality in decode_error:
-                        raise ExtractionError(decode_error[extractor.modality])
-                    payload = pack_arrays(extractor.extract(media[extractor.modality]))
-                except ExtractionError as error:
-                    status, reason = "failed", str(error)
-            out[f"{extractor.name}.status"] = status
-            out[f"{extractor.name}.reason"] = reason
-            out[f"{extractor.name}.payload"] = payload
-    return out
-
-
-def _read_clip_files(
-    row: dict[str, Any], stack: ExitStack, storage_options: dict[str, str]
-) -> tuple[dict[str, Any], dict[str, Callable[[str], str]], str]:
-    """(local path per URI, read error per URI by role, content hash); each file read once.
-
-    Files are read (hashed; on S3 downloaded too) only when the clip's content hash is
-    unknown or a file must be decoded. The content hash is the sha256 of the files' sha256
-    digests; an unreadable file contributes its error, so that a clip that becomes
-    readable gets a new hash. A transient error on S3 raises ``TransientReadError``.
-    """
-    uris = [uri for uri in dict.fromkeys((row["video_uri"], row["audio_uri"])) if uri]
-    paths: dict[str, Any] = {}
-    errors: dict[str, Callable[[str], str]] = {}
-    digest = hashlib.sha256()
-    for uri in uris:
-        try:
-            path, file_digest = stack.enter_context(hashed_local_copy(uri, storage_options))
-        except FileNotFoundError as error:
-            errors[uri] = lambda role: f"{role} file not found"  # decode_clip's reasons
-            digest.update(f"unreadable:{uri}:{error}".encode())
-            continue
-        except (OSError, ValueError) as error:
-            if is_s3_uri(uri) and isinstance(error, OSError):
-                raise TransientReadError(f"{uri}: {error}") from error
-            detail = _one_line(error)
-            errors[uri] = lambda role, detail=detail: f"unreadable {role} file ({detail})"
-            digest.update(f"unreadable:{uri}:{error}".encode())
-            continue
-        paths[uri] = path
-        digest.update(file_digest.encode())
-    content = row["content_hash"] or digest.hexdigest()
-    return paths, errors, content
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-class EmbedClips:
-    """``map_batches`` actor: the networks (VGG16, FER CNN) over a batch of clips' crops,
-    then the batch's rows written to the store.
-
-    The networks load in a thread started here, so the actor's first clips decode (on a
-    CPU cluster, in this same actor) while torch loads the weights.
-    """
-
-    def __init__(self, networks: dict[str, dict[str, Any]], writer: StoreWrite):
-        import torch
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-        self.writer = writer
-        self.store = FeatureStore(writer.store_uri, writer.storage_options)
-        self.embedders: dict[str, Any] = {}
-        self._load_error: BaseException | None = None
-        self._loader = threading.Thread(target=self._load, args=(networks,), daemon=True)
-        self._loader.start()
-
-    def _load(self, networks: dict[str, dict[str, Any]]) -> None:
-        try:
-            for name, params in networks.items():
-                embed = build_extractor(name, params).make_embedder()
-                load = getattr(embed, "_load", None)
-                if load is not None:
-                    load()  # the network itself, not only the batch function
-                self.embedders[name] = embed
-        except BaseException as error:  # re-raised in __call__, on Ray's error path
-            self._load_error = error
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        self._loader.join()
-        if self._load_error is not None:
-            raise self._load_error
-        for name, embed in self.embedders.items():
-            status = batch[f"{name}.status"]
-            todo = [i for i, value in enumerate(status) if value == "ok"]
-            if not todo:
-                continue
-            payloads = list(batch[f"{name}.payload"])
-            inputs = [unpack_arrays(payloads[i]) for i in todo]
-            for i, features in zip(todo, embed(inputs), strict=True):
-                payloads[i] = pack_arrays(features)
-            batch[f"{name}.payload"] = payloads
-        return self.writer(batch, self.store)
-
-
-def to_store_rows(
-    batch: pd.DataFrame, extractor: str, key: ExtractorKey, outputs: tuple[str, ...]
-) -> pa.Table:
-    """The rows one extractor computed in this batch, in the store's schema."""
-    computed = batch[batch[f"{extractor}.status"] != "cached"]
-    columns: dict[str, list[Any]] = {name: list(computed[name]) for name in CLIP_COLUMNS}
-    columns["extractor"] = [key.name] * len(computed)
-    columns["version"] = [key.version] * len(computed)
-    columns["param_hash"] = [key.param_hash] * len(computed)
-    columns["status"] = list(computed[f"{extractor}.status"])
-    columns["reason"] = list(computed[f"{extractor}.reason"])
-    encoded = [
-        encode_arrays(unpack_arrays(payload) if payload else {}, outputs)
-        for payload in computed[f"{extractor}.payload"]
-    ]
-    for name in outputs:
-        columns[name] = [row[name] for row in encoded]
-        columns[name + SHAPE_SUFFIX] = [row[name + SHAPE_SUFFIX] for row in encoded]
-    return pa.Table.from_pydict(columns, schema=row_schema(outputs))
-
-
-def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """Serialise an extractor's arrays for the trip between pipeline steps."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
-    return buffer.getvalue()
-
-
-def unpack_arrays(payload: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
 
 
 def _summarise(
