@@ -15,9 +15,26 @@ pytest_plugins = ["s3_server", "ray_head", "mlflow_server"]
 # ~/.ray/auth_token; the ray_head fixture sets token auth explicitly for its own head.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-# The torch hub cache (where VGG16's seeded random initialisation is kept once built) under a
-# temp dir rather than the user's home; a TORCH_HOME already set is kept.
-os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="orchestrate-tests-torch-"))
+
+def _test_torch_home() -> str:
+    """A temp torch hub cache (VGG16's seeded random initialisation is kept there once built)
+    that still shows the checkpoints already in the user's default one (torchvision's
+    ImageNet VGG16, when it is there), linked, never written to."""
+    home = Path(tempfile.mkdtemp(prefix="orchestrate-tests-torch-"))
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for checkpoint in (cache / "torch" / "hub" / "checkpoints").glob("*.pth"):
+        try:
+            (checkpoints / checkpoint.name).symlink_to(checkpoint)
+        except OSError:
+            pass  # no link: the tests that need that checkpoint skip, as without it
+    return str(home)
+
+
+# Tests write under a temp dir, not the user's home; a TORCH_HOME already set is kept.
+if "TORCH_HOME" not in os.environ:
+    os.environ["TORCH_HOME"] = _test_torch_home()
 
 # ../shared/data beside the checkout: real samples, never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -11,7 +11,7 @@ The pipeline, for one dataset:
    yet for some requested extractor, and clips whose content hash is not known yet (those
    are hashed first, in the worker, and decoded only if the hash has keys missing);
 3. one Ray Data pass, streamed, whose worker side is ``orchestrate.stages.ingest_worker``
-   (a worker imports it without the tasks and the config): one function per clip reads its
+   (a worker imports it without the tasks and scikit-learn): one function per clip reads its
    files once (hash and, on S3, download together), decodes them once (frames →
    largest-face crops, audio track), runs the clip's missing extractors and serialises
    their outputs (raw frames never leave that function); the networks (VGG16, FER CNN)

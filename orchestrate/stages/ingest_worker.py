@@ -3,8 +3,8 @@
 Kept apart from ``orchestrate.stages.ingest`` (the driver's side: listing, cache check,
 planning, summary) so that a worker process imports only what it runs: the extractors, the
 media and face code, the feature store. Importing the driver's module would also import the
-tasks, the config and their libraries, about 2 s of every network actor's start on a loaded
-2-core machine (BENCHMARKS.md); ``tests/test_ingest_cache.py`` checks the worker's imports.
+tasks and scikit-learn (through the fold code), about 1-3 s of every network actor's start on a
+loaded 2-core machine (BENCHMARKS.md); ``tests/test_ingest_cache.py`` checks the worker's imports.
 """
 
 from __future__ import annotations
