@@ -22,7 +22,9 @@ Two generated corpora, N clips (``--actors`` x 8 emotions x ``--clips-per-emotio
 - the CPU seconds the ingest's actors and every other process spent during the 4N-clip
   cold ingest (how much of the two cores the work got);
 - what a network actor pays before its first clip, in a fresh process on the quiet
-  machine: importing torch, building VGG16 and loading the FER CNN (part of the fixed cost).
+  machine: importing torch, building VGG16 and loading the FER CNN (part of the fixed cost);
+- each network's time per input on one thread at its CPU forward size against a forward of
+  256 inputs (``orchestrate.extractors.base.forward_batch_size``).
 
 Prints a Markdown table of seconds and ratios for BENCHMARKS.md.
 """
@@ -48,6 +50,9 @@ from orchestrate.config import RunConfig, load_config
 from orchestrate.corpus import synthesize_corpus
 from orchestrate.datasets import list_clips
 from orchestrate.extractors import build_extractor
+from orchestrate.extractors.base import GPU_FORWARD_BATCH
+from orchestrate.extractors.fer_cnn import CPU_FORWARD_FACES
+from orchestrate.extractors.vgg16 import CPU_FORWARD_CROPS
 from orchestrate.faces import HaarFaceDetector
 from orchestrate.media import decode_audio, decode_clip
 from orchestrate.stages.ingest import requested_extractors, run_ingest
@@ -106,17 +111,20 @@ def time_ingest(config: RunConfig) -> tuple[float, int]:
 def time_sequential(root: Path, fer_model: str | None, threads: int | None = None) -> float:
     """The papers' way: one clip after another, every feature, in this process.
 
-    ``threads=None`` leaves OpenCV and torch their default thread pools (every core);
-    ``threads=1`` holds them to one thread, as each Ray worker is.
+    ``threads=None`` leaves OpenCV, torch and the BLAS/OpenMP libraries their default
+    thread pools (every core); ``threads=1`` holds them all to one thread, as each Ray worker
+    is (Ray sets ``OMP_NUM_THREADS=1`` in its workers, which numpy's BLAS reads too).
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     saved = cv2.getNumThreads(), torch.get_num_threads()
     if threads is not None:
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
     try:
-        return _time_sequential(root, fer_model)
+        with threadpool_limits(limits=threads):
+            return _time_sequential(root, fer_model)
     finally:
         cv2.setNumThreads(saved[0])
         torch.set_num_threads(saved[1])
@@ -260,6 +268,50 @@ def time_network_load(fer_model: str | None) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# Per input, one thread, a network's cache-sized CPU forward against one of GPU_FORWARD_BATCH.
+FORWARD_SIZES = """
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from orchestrate.extractors.base import GPU_FORWARD_BATCH
+from orchestrate.extractors.fer_cnn import CPU_FORWARD_FACES, FerCnn
+from orchestrate.extractors.vgg16 import CPU_FORWARD_CROPS, Vgg16Block5Embedder
+model = sys.argv[1]
+fer = FerCnn.from_keras_h5(model) if model != "random" else FerCnn.random()
+vgg = Vgg16Block5Embedder("random")
+rng = np.random.default_rng(0)
+faces = rng.integers(0, 256, (2 * GPU_FORWARD_BATCH, 64, 64), dtype=np.uint8)
+crops = rng.integers(0, 256, (GPU_FORWARD_BATCH, 48, 48, 3), dtype=np.uint8)
+out = {}
+for label, network, inputs, cpu in (
+    ("fer", fer.predict_proba, faces, CPU_FORWARD_FACES),
+    ("vgg16", vgg, crops, CPU_FORWARD_CROPS),
+):
+    owner = network.__self__ if label == "fer" else network
+    network(inputs[:cpu])  # warm-up
+    for size in (cpu, GPU_FORWARD_BATCH):
+        owner.batch_size = size
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            network(inputs)
+            best = min(best, time.perf_counter() - started)
+        out[f"{label}:{size}"] = best / len(inputs)
+print(json.dumps(out))
+"""
+
+
+def time_forward_sizes(fer_model: str | None) -> dict[str, float]:
+    """Seconds per input of each network, one thread, at its CPU forward size and at 256."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORWARD_SIZES, fer_model or "random"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def start_ray(cpus: int) -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -283,6 +335,7 @@ def main() -> None:
     n, n4 = len(media_files(small)), len(media_files(large))
 
     load = time_network_load(args.fer_model)
+    forward = time_forward_sizes(args.fer_model)
     start_ray(2)
     time_decode_floor(small)  # warm-up: worker start, imports, page cache
     floor = time_decode_floor(small)
@@ -338,7 +391,7 @@ def main() -> None:
             f"the pipeline is {sequential / cold:.2f}x as fast (target ≥ 1.15x)",
         ),
         (
-            f"sequential script, {n4} clips, OpenCV and torch on 1 thread",
+            f"sequential script, {n4} clips, OpenCV, torch and BLAS on 1 thread",
             f"{sequential_one_thread:.1f}",
             f"the pipeline is {sequential_one_thread / cold:.2f}x as fast (target ≥ 1.8x)",
         ),
@@ -357,6 +410,19 @@ def main() -> None:
             "network actor start, one process (imports; VGG16; FER CNN)",
             f"{sum(load.values()):.1f}",
             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in load.items()),
+        ),
+        *(
+            (
+                f"{label} per input, one thread, forward of {cpu} / {GPU_FORWARD_BATCH} inputs",
+                f"{forward[f'{key}:{cpu}'] * 1e3:.2f} ms / "
+                f"{forward[f'{key}:{GPU_FORWARD_BATCH}'] * 1e3:.2f} ms",
+                f"{forward[f'{key}:{GPU_FORWARD_BATCH}'] / forward[f'{key}:{cpu}']:.2f}x "
+                f"the time per input at {GPU_FORWARD_BATCH}",
+            )
+            for key, label, cpu in (
+                ("fer", "FER CNN", CPU_FORWARD_FACES),
+                ("vgg16", "VGG16", CPU_FORWARD_CROPS),
+            )
         ),
         (
             "peak Ray worker memory",

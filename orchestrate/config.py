@@ -85,7 +85,9 @@ class IngestConfig:
     face_detect_width: int = 320  # Haar cascade runs on a grayscale copy this wide
     # Actors running the networks (VGG16, FER CNN); default: one per GPU, else one per CPU.
     embed_workers: int | None = None
-    embed_batch_size: int = 16  # clips per map_batches batch (networks run on all their crops)
+    # Clips per map_batches batch (the networks run on all their faces, a cache-sized forward
+    # at a time on a CPU); one block's worth by default, so an actor's last batch is short.
+    embed_batch_size: int = 8
     # Hash every clip's bytes even when its size and modification time (ETag on S3) match
     # the last ingest's: as with rsync, a same-size, same-mtime rewrite is otherwise trusted.
     always_hash: bool = False

@@ -21,8 +21,14 @@ import pytest
 import torch
 from torchvision.models import VGG16_Weights
 
-from orchestrate.extractors.fer_cnn import FER2013_CLASSES, FerCnn, mini_xception_config
-from orchestrate.extractors.vgg16 import Vgg16Block5Embedder, WeightsError
+from orchestrate.extractors.base import GPU_FORWARD_BATCH, forward_batch_size
+from orchestrate.extractors.fer_cnn import (
+    CPU_FORWARD_FACES,
+    FER2013_CLASSES,
+    FerCnn,
+    mini_xception_config,
+)
+from orchestrate.extractors.vgg16 import CPU_FORWARD_CROPS, Vgg16Block5Embedder, WeightsError
 
 FER_MODEL = Path("models") / "fer2013_mini_XCEPTION.102-0.66.hdf5"
 
@@ -628,3 +634,25 @@ def test_random_fer_has_the_real_files_architecture(fer: FerCnn, random_fer: Fer
     # Same shapes, different weights.
     faces = _gray_faces(2)
     assert not np.allclose(random_fer.predict_proba(faces), fer.predict_proba(faces))
+
+
+def test_networks_forward_cache_sized_batches_on_a_cpu_with_the_same_outputs(
+    random_embedder: Vgg16Block5Embedder, random_fer: FerCnn
+) -> None:
+    # On a CPU each network forwards a cache-sized slice of its inputs at a time (a forward
+    # over hundreds of faces ran several times slower per face, BENCHMARKS.md); a GPU
+    # takes GPU_FORWARD_BATCH. What a network computes doesn't depend on it.
+    assert random_fer.batch_size == CPU_FORWARD_FACES < GPU_FORWARD_BATCH
+    assert random_embedder.batch_size == CPU_FORWARD_CROPS < GPU_FORWARD_BATCH
+    assert forward_batch_size("cuda", CPU_FORWARD_FACES) == GPU_FORWARD_BATCH
+    faces = _gray_faces(CPU_FORWARD_FACES * 2 + 5, seed=3)  # three forwards, the last short
+    crops = _crops(CPU_FORWARD_CROPS + 3, seed=3)  # two forwards
+    sliced_faces, sliced_crops = random_fer.predict_proba(faces), random_embedder(crops)
+    random_fer.batch_size = random_embedder.batch_size = GPU_FORWARD_BATCH  # one forward each
+    try:
+        whole_faces, whole_crops = random_fer.predict_proba(faces), random_embedder(crops)
+    finally:
+        random_fer.batch_size, random_embedder.batch_size = CPU_FORWARD_FACES, CPU_FORWARD_CROPS
+    np.testing.assert_allclose(sliced_faces, whole_faces, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sliced_crops, whole_crops, rtol=1e-4, atol=1e-5)
+    assert np.ptp(sliced_faces, axis=0).max() > 1e-3  # the faces' probabilities differ

@@ -32,6 +32,9 @@ Embedder = Callable[[list[dict[str, np.ndarray]]], list[dict[str, np.ndarray]]]
 
 # Below -80 dBFS RMS a track carries no speech: pyAudioAnalysis would only amplify noise.
 DEFAULT_MIN_RMS = 1e-4
+# Inputs per forward pass of a network on a GPU; on a CPU each network uses a smaller,
+# cache-sized forward (see forward_batch_size).
+GPU_FORWARD_BATCH = 256
 
 
 class ExtractionError(Exception):
@@ -279,3 +282,13 @@ def finite_features(array: np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ExtractionError(f"{what} are not finite")
     return array
+
+
+def forward_batch_size(device_type: str, on_cpu: int) -> int:
+    """Inputs per forward pass of a network on ``device_type`` ("cpu", "cuda", ...).
+
+    On a CPU, ``on_cpu``: the network's size whose activations stay near the core's caches
+    (a forward over hundreds of inputs runs several times slower per input on one thread,
+    with the same outputs; BENCHMARKS.md). Elsewhere ``GPU_FORWARD_BATCH``.
+    """
+    return on_cpu if device_type == "cpu" else GPU_FORWARD_BATCH

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from orchestrate.extractors.base import forward_batch_size
 from orchestrate.extractors.vgg16 import WeightsError
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -592,6 +593,12 @@ def _class_names(num_classes: int, classes: Sequence[str] | None, label: str) ->
     return tuple(classes)
 
 
+# Faces per forward on a CPU: one thread spends ~1.3 ms a face at 16-128 faces and 3.5-5 ms
+# at 256 (64x64 inputs; a forward's activations then outgrow the caches; BENCHMARKS.md), with
+# identical outputs.
+CPU_FORWARD_FACES = 32
+
+
 class FerCnn:
     """A Keras FER CNN (mini-Xception layout) run in torch: face crops -> class probabilities."""
 
@@ -611,7 +618,8 @@ class FerCnn:
         self.source = source  # the model file, or "random"
         # The file's content hash, or the random network's weights hash: for cache keys.
         self.source_sha256 = source_sha256
-        self.batch_size = 256  # faces per forward
+        # Faces per forward: cache-sized on a CPU, GPU_FORWARD_BATCH on a GPU.
+        self.batch_size = forward_batch_size(self.device.type, CPU_FORWARD_FACES)
 
     @classmethod
     def from_keras_h5(

@@ -21,6 +21,7 @@ from torchvision.models import VGG16_Weights, vgg16
 from torchvision.transforms.functional import normalize
 
 from orchestrate.errors import InputError
+from orchestrate.extractors.base import forward_batch_size
 
 # torchvision's ImageNet preprocessing statistics (RGB, on [0, 1] inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,6 +30,10 @@ EMBEDDING_DIM = 512
 # Five 2x2 max-pools: a side below 32 pixels would leave block 5 with an empty map.
 MIN_CROP_SIDE = 32
 RANDOM_INIT_SEED = 0
+# Crops per forward on a CPU: one thread spends about the same per crop from 32 to 256
+# crops at 48x48 (5.3-6.3 ms; BENCHMARKS.md); 64 keeps a forward's activations near the
+# caches' size without splitting small batches.
+CPU_FORWARD_CROPS = 64
 
 
 class WeightsError(InputError):
@@ -146,7 +151,9 @@ class Vgg16Block5Embedder:
 
     def __init__(self, weights: str = "imagenet", device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.batch_size = 256  # crops per forward: bounds activation memory (~0.5 GB at 48x48)
+        # Crops per forward: cache-sized on a CPU, 256 on a GPU
+        # (~0.5 GB of activations at 48x48).
+        self.batch_size = forward_batch_size(self.device.type, CPU_FORWARD_CROPS)
         if weights == "random":
             with torch.device("meta"):
                 features = vgg16(weights=None).features
