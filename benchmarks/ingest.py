@@ -285,14 +285,13 @@ rng = np.random.default_rng(0)
 faces = rng.integers(0, 256, (2 * GPU_FORWARD_BATCH, 64, 64), dtype=np.uint8)
 crops = rng.integers(0, 256, (GPU_FORWARD_BATCH, 48, 48, 3), dtype=np.uint8)
 out = {}
-for label, network, inputs, cpu in (
-    ("fer", fer.predict_proba, faces, CPU_FORWARD_FACES),
-    ("vgg16", vgg, crops, CPU_FORWARD_CROPS),
+for label, owner, network, inputs, cpu in (
+    ("fer", fer, fer.predict_proba, faces, CPU_FORWARD_FACES),
+    ("vgg16", vgg, vgg, crops, CPU_FORWARD_CROPS),
 ):
-    owner = network.__self__ if label == "fer" else network
     network(inputs[:cpu])  # warm-up
     for size in (cpu, GPU_FORWARD_BATCH):
-        owner.batch_size = size
+        owner.batch_size = size  # inputs per forward
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()

@@ -45,8 +45,6 @@ from orchestrate.extractors.base import (
 from orchestrate.extractors.emodal import INT16_SCALE
 from orchestrate.extractors.pyaudioanalysis import pyaudioanalysis
 
-# Faces per forward pass: bounds the embedder's memory whatever the batch's clip count.
-FER_CHUNK = 512
 # ``model_path`` value that asks for an untrained mini-Xception instead of a file, and its seed.
 RANDOM_MODEL = "random"
 RANDOM_MODEL_SEED = 0
@@ -199,9 +197,8 @@ class FerClipEmbedder:
         model = self._load()
         counts = [len(clip["faces"]) for clip in clips]
         faces = np.concatenate([clip["faces"] for clip in clips])
-        probabilities = np.concatenate(
-            [model.predict_proba(faces[i : i + FER_CHUNK]) for i in range(0, len(faces), FER_CHUNK)]
-        )
+        # FerCnn forwards them a slice at a time (cache-sized on a CPU), whatever their number.
+        probabilities = model.predict_proba(faces)
         out = []
         for clip, per_frame in zip(
             clips, np.split(probabilities, np.cumsum(counts)[:-1]), strict=True

@@ -40,9 +40,6 @@ from orchestrate.extractors.base import (
 )
 from orchestrate.extractors.mitseas import file_sha256
 
-# Crops per VGG16 forward pass: bounds the embedder's memory whatever the batch size.
-VGG_CHUNK = 256
-
 
 @dataclass(frozen=True)
 class SongVgg16:
@@ -218,9 +215,8 @@ class Vgg16ClipEmbedder:
         network = self._load()
         counts = [len(clip["crops"]) for clip in clips]
         crops = np.concatenate([clip["crops"] for clip in clips])
-        features = np.concatenate(
-            [network(crops[i : i + VGG_CHUNK]) for i in range(0, len(crops), VGG_CHUNK)]
-        ).astype(np.float32)
+        # The embedder forwards a slice at a time (cache-sized on a CPU), whatever their number.
+        features = network(crops)
         return [
             {
                 "features": per_clip,
