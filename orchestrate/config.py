@@ -82,7 +82,9 @@ class IngestConfig:
     # extractor the run's tasks read, and any named here.
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_failure_ratio: float = 0.5  # ingest exits non-zero above this ratio of failed clips
-    face_detect_width: int = 320  # Haar cascade runs on a grayscale copy this wide
+    # The Haar cascade runs on a grayscale copy this wide; part of the video extractors'
+    # cache keys (another width finds other faces).
+    face_detect_width: int = 320  # orchestrate.faces.DETECT_WIDTH (config imports no OpenCV)
     # Actors running the networks (VGG16, FER CNN); default: one per GPU, else one per CPU.
     embed_workers: int | None = None
     # Clips per map_batches batch (the networks run on all their faces, a cache-sized forward
@@ -357,9 +359,13 @@ def validate(config: RunConfig) -> None:
             )
     if not 0.0 <= config.ingest.max_failure_ratio <= 1.0:
         raise ConfigError("ingest.max_failure_ratio: must be between 0 and 1")
-    for name in ("face_detect_width", "embed_workers", "embed_batch_size"):
+    for name in ("embed_workers", "embed_batch_size"):
         if getattr(config.ingest, name) is not None and getattr(config.ingest, name) < 1:
             raise ConfigError(f"ingest.{name}: must be at least 1")
+    if config.ingest.face_detect_width < 24:  # orchestrate.faces.MIN_DETECT_WIDTH
+        raise ConfigError(
+            "ingest.face_detect_width: must be at least 24 (the Haar cascade's window)"
+        )
     for name, section in config.tasks.items():
         if name not in TASKS:
             raise ConfigError(f"tasks.{name}: unknown task (allowed: {', '.join(TASKS)})")

@@ -18,6 +18,11 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, width, height in full-resolution pixels
 
+# The width frames are shrunk to before the Haar cascade runs (``ingest.face_detect_width``),
+# and the narrowest it may be: the cascade's own window is 24 pixels wide.
+DETECT_WIDTH = 320
+MIN_DETECT_WIDTH = 24
+
 
 class FaceDetector(Protocol):
     """Finds the largest face of a frame."""
@@ -47,15 +52,18 @@ class HaarFaceDetector:
     skipping small scales is most of the cascade's speed).
     """
 
-    detect_width: int = 320
+    detect_width: int = DETECT_WIDTH
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_size_fraction: float = 0.2
     cascade_file: str = "haarcascade_frontalface_default.xml"
 
     def __post_init__(self) -> None:
-        if self.detect_width < 24:
-            raise ValueError(f"face detector detect_width: must be >= 24, got {self.detect_width}")
+        if self.detect_width < MIN_DETECT_WIDTH:
+            raise ValueError(
+                f"face detector detect_width: must be >= {MIN_DETECT_WIDTH}, "
+                f"got {self.detect_width}"
+            )
         if self.scale_factor <= 1.0:
             raise ValueError(f"face detector scale_factor: must be > 1, got {self.scale_factor}")
         if self.min_neighbors < 0:

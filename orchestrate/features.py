@@ -148,6 +148,7 @@ def feature_source(
             keys[name] = extractor_key(
                 build_extractor(name, config.ingest.extractors.get(name, {})),
                 config.dataset.faces,
+                config.ingest.face_detect_width,
             )
     if config.dataset.root is None:
         raise InputError("dataset.root: give the dataset the features were ingested from")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrate.config import ConfigError, load_config
+from orchestrate.config import ConfigError, IngestConfig, load_config
 from orchestrate.corpus.synth import ClipSpec, _generator, draw_actor, render_video
 from orchestrate.datasets import DATASETS, list_clips
 from orchestrate.datasets.base import Clip
@@ -25,7 +25,7 @@ from orchestrate.emotions import emotion_named
 from orchestrate.errors import InputError
 from orchestrate.extractors import build_extractor
 from orchestrate.extractors.base import ClipMedia, ExtractionError
-from orchestrate.faces import HaarFaceDetector
+from orchestrate.faces import DETECT_WIDTH, MIN_DETECT_WIDTH, HaarFaceDetector
 from orchestrate.features import feature_source
 from orchestrate.media import decode_clip, decode_image
 from orchestrate.pipeline import ingest, sweep
@@ -227,6 +227,23 @@ def test_faces_setting_is_checked_and_keys_the_video_extractors_only(tmp_path: P
     assert source.keys["wang_texture"] == extractor_key(texture, "given")
 
 
+def test_face_detect_width_is_checked_and_keys_the_detecting_video_extractors() -> None:
+    assert IngestConfig().face_detect_width == DETECT_WIDTH
+    with pytest.raises(
+        ConfigError, match=r"^ingest\.face_detect_width: must be at least 24 \(the Haar"
+    ):
+        load_config(None, [f"ingest.face_detect_width={MIN_DETECT_WIDTH - 1}"])
+    texture, audio = build_extractor("wang_texture"), build_extractor("emodal_audio")
+    assert extractor_key(texture, "detect", 640) != extractor_key(texture, "detect")
+    assert extractor_key(texture, "detect", DETECT_WIDTH) == extractor_key(texture)  # as before
+    assert extractor_key(audio, "detect", 640) == extractor_key(audio)
+    # Faces that are given are not detected: the width plays no part in them.
+    assert extractor_key(texture, "given", 640) == extractor_key(texture, "given")
+    config = load_config(None, ["dataset.root=/clips", "ingest.face_detect_width=640"])
+    source = feature_source(config, TASKS["wang"], "cnn-fused")
+    assert source.keys["wang_texture"] == extractor_key(texture, "detect", 640)
+
+
 # -- ingest: bad files, and the faces setting recomputes --------------------------------------
 
 
@@ -320,6 +337,42 @@ def test_ingest_of_stills_reports_bad_files_one_line_each_and_goes_on(
         if clip_id in detected:  # the whole 160x120 frame is not the detected face
             assert not np.array_equal(lpq, detected[clip_id])
     assert ingest(config, progress=False).computed == 0
+
+
+def test_another_face_detect_width_recomputes_the_faces_and_keeps_both(
+    stills: dict[str, Path], tmp_path: Path, local_ray: None
+) -> None:
+    """Rows found at one detection width are never served for another: the width is in the
+    video extractors' keys, so each setting has its own rows, and both stay cached."""
+    root = tmp_path / "faces"
+    for path in sorted((stills["root"] / "Happy").glob("*.png"))[:3]:
+        _write_png(root / "Happy" / path.name, cv2.imread(str(path)))
+    wide = _stills_config({"base": tmp_path}, "ws", root, "tasks.wang.variants=[cnn-fused]")
+    # The 160-pixel-wide stills shrunk to 120 before the cascade runs: it finds each face
+    # in another box than at full size (the default, 320, never enlarges them).
+    narrow = _stills_config(
+        {"base": tmp_path},
+        "ws",
+        root,
+        "tasks.wang.variants=[cnn-fused]",
+        "ingest.face_detect_width=120",
+    )
+    assert ingest(wide, progress=False).computed == 3
+    assert ingest(narrow, progress=False).computed == 3
+    assert ingest(wide, progress=False).computed == 0
+    assert ingest(narrow, progress=False).computed == 0
+    at_full_size = feature_source(wide, TASKS["wang"], "cnn-fused").load()[0]
+    shrunk = feature_source(narrow, TASKS["wang"], "cnn-fused")
+    assert (
+        shrunk.keys["wang_texture"]
+        != feature_source(wide, TASKS["wang"], "cnn-fused").keys["wang_texture"]
+    )
+    found, left_out = shrunk.load()
+    assert len(found) == 3 and not left_out
+    full = dict(zip(at_full_size.clip_ids, at_full_size.columns["wang_texture.lpq"], strict=True))
+    assert sorted(full) == sorted(found.clip_ids)
+    for clip_id, lpq in zip(found.clip_ids, found.columns["wang_texture.lpq"], strict=True):
+        assert not np.array_equal(lpq, full[clip_id]), clip_id
 
 
 # -- end to end: Wang's five rows and EMODal's image row from stills --------------------------

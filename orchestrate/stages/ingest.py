@@ -197,11 +197,13 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
         )
 
     clips = _identify_clips(listing.clips, config, store)
+    keys = {
+        e.name: extractor_key(e, config.dataset.faces, config.ingest.face_detect_width)
+        for e in extractors
+    }
     # Hashes that have a row, per extractor: the projected content_hash column only.
     cached = {
-        e.name: store.cached_hashes(
-            extractor_key(e, config.dataset.faces), ok_only=config.ingest.retry_failed
-        )
+        e.name: store.cached_hashes(keys[e.name], ok_only=config.ingest.retry_failed)
         for e in extractors
     }
     work = []
@@ -215,7 +217,7 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
 
     computed = 0
     if work:
-        hashed = _extract(work, extractors, cached, config, store, progress)
+        hashed = _extract(work, extractors, keys, cached, config, store, progress)
         computed = sum(decoded for _, decoded in hashed.values())
         for row in clips:
             if row["clip_id"] in hashed:
@@ -223,9 +225,7 @@ def run_ingest(config: RunConfig, progress: bool = True) -> IngestSummary:
     manifest = pd.DataFrame(clips).sort_values("clip_id").reset_index(drop=True)
     store.write_manifest(config.dataset.name, root, manifest)
     seconds = time.perf_counter() - started
-    summary = _summarise(
-        config.dataset.name, manifest, extractors, store, computed, seconds, config.dataset.faces
-    )
+    summary = _summarise(config.dataset.name, manifest, extractors, keys, store, computed, seconds)
     summary.rejected_files = rejected
     summary.skipped_files = dict(listing.skipped)
     return summary
@@ -289,6 +289,7 @@ CLIPS_PER_BLOCK = 8
 def _extract(
     work: list[dict[str, Any]],
     extractors: list[Extractor],
+    keys: dict[str, ExtractorKey],
     cached: dict[str, set[str]],
     config: RunConfig,
     store: FeatureStore,
@@ -308,7 +309,7 @@ def _extract(
     writer = StoreWrite(
         store.uri,
         store.storage_options,
-        tuple((e.name, extractor_key(e, faces), tuple(e.outputs)) for e in extractors),
+        tuple((e.name, keys[e.name], tuple(e.outputs)) for e in extractors),
     )
     # Explicit blocks: at least four per CPU so every core gets work on a small dataset,
     # and at most CLIPS_PER_BLOCK clips each, so what a worker holds at once (a block's
@@ -368,10 +369,10 @@ def _summarise(
     dataset: str,
     clips: pd.DataFrame,
     extractors: list[Extractor],
+    keys: dict[str, ExtractorKey],
     store: FeatureStore,
     computed: int,
     seconds: float,
-    faces: str = "detect",
 ) -> IngestSummary:
     """Per clip: ok when every extractor it has rows for is ok; else failed, with its reasons."""
     hashes = set(clips["content_hash"])
@@ -379,7 +380,7 @@ def _summarise(
     reasons: dict[str, dict[str, list[str]]] = {}
     for extractor in extractors:
         # Three projected columns, filtered to this dataset's clips: never a feature array.
-        rows = store.row_statuses(extractor_key(extractor, faces), hashes)
+        rows = store.row_statuses(keys[extractor.name], hashes)
         ok = set(rows.loc[rows["status"] == "ok", "content_hash"])
         failed = rows[(rows["status"] != "ok") & ~rows["content_hash"].isin(ok)]
         failed = failed.drop_duplicates("content_hash", keep="first")

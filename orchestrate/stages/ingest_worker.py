@@ -25,6 +25,7 @@ import ray
 from orchestrate.datasets.filesystem import hashed_local_copy, is_s3_uri
 from orchestrate.extractors import build_extractor
 from orchestrate.extractors.base import ClipMedia, ExtractionError, Extractor, param_hash
+from orchestrate.faces import DETECT_WIDTH
 from orchestrate.store import (
     CLIP_COLUMNS,
     SHAPE_SUFFIX,
@@ -35,17 +36,23 @@ from orchestrate.store import (
 )
 
 
-def extractor_key(extractor: Extractor, faces: str = "detect") -> ExtractorKey:
+def extractor_key(
+    extractor: Extractor, faces: str = "detect", detect_width: int = DETECT_WIDTH
+) -> ExtractorKey:
     """The store key of ``extractor``'s rows: name, version and parameter hash.
 
-    A video extractor's rows also depend on how faces were found (``dataset.faces``): under
-    ``given`` (the frames are face crops already) its parameter hash covers that too, so a
-    change recomputes and never reuses the other's rows; ``detect``, the default, keeps the
-    keys rows had before the setting existed.
+    A video extractor's rows also depend on how faces were found: ``dataset.faces`` (under
+    ``given`` the frames are face crops already) and, under ``detect``, the width the Haar
+    cascade sees (``ingest.face_detect_width``: another width finds other boxes, or none).
+    Its parameter hash covers both, so a change recomputes and never reuses the other
+    setting's rows; the defaults (``detect`` at ``DETECT_WIDTH``) keep the keys rows had
+    before the settings were keyed.
     """
     params = extractor.params
     if extractor.modality == "video" and faces != "detect":
         params = {**params, "faces": faces}
+    elif extractor.modality == "video" and detect_width != DETECT_WIDTH:
+        params = {**params, "face_detect_width": detect_width}
     return ExtractorKey(extractor.name, extractor.version, param_hash(params))
 
 
