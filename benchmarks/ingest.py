@@ -23,6 +23,9 @@ install does). Each measurement on a fresh feature store unless said otherwise:
   ingesting N and 4N clips (flat means it does not grow with the number of clips);
 - the CPU seconds the ingest's actors and every other process spent during the 4N-clip
   cold ingest (how much of the two cores the work got);
+- each network actor's start in the N-clip ingest, from Ray's task events
+  (``ray.timeline``): when its constructor ran and for how long, and its first batch
+  against the median of its next ones (the imports and network loads it pays once);
 - what a network actor pays before its first clip, in a fresh process on the quiet
   machine: importing torch, building VGG16 and loading the FER CNN (part of the fixed cost);
 - each network's time per input on one thread at its CPU forward size against a forward of
@@ -37,11 +40,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -226,6 +231,40 @@ class CpuShare:
                 self.other += spent
 
 
+@dataclass(frozen=True)
+class ActorStart:
+    """One network actor of an ingest, from Ray's task events (``ray.timeline``)."""
+
+    constructor_at: float  # seconds after the ingest was called
+    constructor: float  # seconds its constructor ran (the worker module and torch imported)
+    first_batch: float  # seconds of its first batch (the other imports, the networks' load)
+    next_batches: float  # median seconds of its other batches
+
+    @property
+    def start(self) -> float:
+        """What the actor paid once: its constructor and its first batch's excess."""
+        return self.constructor + self.first_batch - self.next_batches
+
+
+def actor_starts(called: float) -> list[ActorStart]:
+    """The network actors of the ingest called at ``called`` (``time.time()``): those whose
+    constructor ran after it, with at least two batches."""
+    events: dict[str, list[tuple[float, float, str]]] = {}
+    for event in ray.timeline():
+        at = event.get("ts", 0) / 1e6 - called
+        if event.get("ph") == "X" and at >= 0 and event["name"] in ("__init__", "submit"):
+            events.setdefault(event["tid"], []).append((at, event["dur"] / 1e6, event["name"]))
+    starts = []
+    for worker in events.values():
+        worker.sort()
+        constructors = [(at, seconds) for at, seconds, name in worker if name == "__init__"]
+        batches = [seconds for _, seconds, name in worker if name == "submit"]
+        if constructors and len(batches) >= 2:
+            at, seconds = constructors[0]
+            starts.append(ActorStart(at, seconds, batches[0], statistics.median(batches[1:])))
+    return starts
+
+
 def media_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in (".mp4", ".wav"))
 
@@ -346,9 +385,12 @@ def main() -> None:
     # from disk, a cost of the first run after an install, not of every ingest.
     time_ingest(config_for(warm_up, args.out / "ws-warm-up", args.fer_model))
     floor = time_decode_floor(small)
+    called = time.time()
     with PeakMemory() as memory_n:
         cold_n, computed = time_ingest(config_for(small, args.out / "ws-n", args.fer_model))
     assert computed == n, f"cold ingest computed {computed} of {n} clips"
+    starts = actor_starts(called)
+    assert starts, "no network actor in Ray's task events"
     with PeakMemory() as memory_4n, CpuShare() as cpu:
         cold, computed = time_ingest(config_for(large, args.out / "ws-4n", args.fer_model))
     assert computed == n4, f"cold ingest computed {computed} of {n4} clips"
@@ -380,6 +422,17 @@ def main() -> None:
             "target ≤ 6 s",
         ),
         ("per-clip cost at the margin, 2 CPUs", f"{per_clip:.3f}", ""),
+        (
+            f"network actor start in the {n}-clip ingest, each of {len(starts)} actors "
+            "(Ray's task events)",
+            " / ".join(f"{start.start:.1f}" for start in starts),
+            "; ".join(
+                f"constructor from {start.constructor_at:.1f} s, {start.constructor:.1f} s; "
+                f"first batch {start.first_batch:.1f} s against {start.next_batches:.1f} s "
+                "for the next"
+                for start in starts
+            ),
+        ),
         (
             f"CPU during the {n4}-clip cold ingest (2 CPUs x {cpu.wall:.1f} s)",
             f"{cpu.work:.1f} / {cpu.other:.1f}",
